@@ -1,0 +1,354 @@
+// Package agent is the device side of edgefleet: the MQTT session with the fleet (persistent
+// session, Last Will with a session counter, handlers registered before connecting, subscriptions
+// re-made on every connection, reconnect with backoff), the reported state and health telemetry.
+// Later parts add bundle install, inference and store-and-forward. The binary in cmd/agent only
+// parses flags and calls Run.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgefleet/edgefleet/internal/atomicfile"
+	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/internal/wire"
+	"github.com/edgefleet/edgefleet/telemetry"
+)
+
+// Config of one agent.
+type Config struct {
+	ID                string
+	Broker            mqttc.Config // ClientID is forced to ID
+	DataDir           string
+	Group             string
+	Labels            map[string]string
+	Prefix            string
+	TelemetryInterval time.Duration
+	Logger            *slog.Logger
+}
+
+// Agent is one running device agent.
+type Agent struct {
+	cfg    Config
+	topics wire.Topics
+	log    *slog.Logger
+	host   wire.HostFacts
+
+	mu        sync.Mutex
+	state     persisted
+	client    paho.Client
+	connected bool
+}
+
+// persisted is the agent's small durable state, written atomically before it is used, so a
+// session number or a telemetry sequence number is never issued twice.
+type persisted struct {
+	Session      uint64 `json:"session"`
+	TelemetrySeq uint64 `json:"telemetry_seq"`
+}
+
+const stateFile = "agent-state.json"
+
+// New checks the configuration and loads the durable state.
+func New(cfg Config) (*Agent, error) {
+	if err := wire.CheckDeviceID(cfg.ID); err != nil {
+		return nil, err
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("no data folder: pass --data DIR")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = wire.DefaultPrefix
+	}
+	if !wire.ValidPrefix(cfg.Prefix) {
+		return nil, fmt.Errorf("invalid topic prefix %q", cfg.Prefix)
+	}
+	if cfg.TelemetryInterval <= 0 {
+		cfg.TelemetryInterval = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	cfg.Broker.ClientID = cfg.ID
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data folder: %w", err)
+	}
+	a := &Agent{cfg: cfg, topics: wire.NewTopics(cfg.Prefix), log: cfg.Logger.With("device", cfg.ID)}
+	b, err := os.ReadFile(filepath.Join(cfg.DataDir, stateFile))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &a.state); err != nil {
+			return nil, fmt.Errorf("agent state %s is corrupt (%v): move it away to start counting again", filepath.Join(cfg.DataDir, stateFile), err)
+		}
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("read agent state: %w", err)
+	}
+	return a, nil
+}
+
+// saveLocked writes the durable state. Caller holds mu.
+func (a *Agent) saveLocked() error {
+	b, _ := json.Marshal(a.state)
+	return atomicfile.WriteFile(filepath.Join(a.cfg.DataDir, stateFile), b, 0o600)
+}
+
+// Run keeps the device connected and reporting until ctx ends, then publishes offline and
+// disconnects cleanly.
+func (a *Agent) Run(ctx context.Context) error {
+	a.host = telemetry.CollectHostFacts(ctx, a.cfg.DataDir)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
+	err := a.sessionLoop(ctx)
+	wg.Wait()
+	return err
+}
+
+func (a *Agent) sessionLoop(ctx context.Context) error {
+	backoff := time.Second
+	for {
+		lost, err := a.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			wait := backoff/2 + rand.N(backoff/2+1)
+			a.log.Warn("cannot reach broker; retrying", "broker", a.cfg.Broker.URLs, "in", wait.Round(time.Millisecond), "err", err)
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				return nil
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		select {
+		case <-ctx.Done():
+			a.disconnect()
+			return nil
+		case err := <-lost:
+			a.log.Warn("lost broker connection; reconnecting", "err", err)
+		}
+	}
+}
+
+// connect opens one MQTT connection with a fresh session number in its Last Will. paho fixes the
+// Will when the client is created, so each connection gets its own client rather than paho's
+// auto-reconnect (which would re-send an old session number).
+func (a *Agent) connect(ctx context.Context) (<-chan error, error) {
+	a.mu.Lock()
+	a.state.Session++
+	if err := a.saveLocked(); err != nil {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("persist session counter: %w", err)
+	}
+	session := a.state.Session
+	a.mu.Unlock()
+
+	o, err := a.cfg.Broker.Options()
+	if err != nil {
+		return nil, err
+	}
+	will, _ := json.Marshal(wire.Status{State: wire.StateOffline, Session: session})
+	o.SetBinaryWill(a.topics.Status(a.cfg.ID), will, 1, true)
+	o.SetCleanSession(false)
+	o.SetAutoReconnect(false)
+	lost := make(chan error, 1)
+	// Handlers first: a message for a subscription without a handler is never acknowledged.
+	o.SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { a.onMessage(m.Topic(), m.Payload()) })
+	o.SetConnectionLostHandler(func(_ paho.Client, err error) {
+		a.setConnected(nil, false)
+		select {
+		case lost <- err:
+		default:
+		}
+	})
+	c := paho.NewClient(o)
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		c.Disconnect(0)
+		return nil, ctx.Err()
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("connect: %w", err)
+	}
+	// Subscribe on every connection: the broker re-sends retained desired state and trust then.
+	subs := map[string]byte{
+		a.topics.Desired(a.cfg.ID): 1,
+		a.topics.Ack(a.cfg.ID):     1,
+		a.topics.Cmd(a.cfg.ID):     1,
+		a.topics.Status(a.cfg.ID):  1,
+		a.topics.Trust():           1,
+	}
+	st := c.SubscribeMultiple(subs, func(_ paho.Client, m paho.Message) { a.onMessage(m.Topic(), m.Payload()) })
+	if err := waitToken(ctx, st); err != nil {
+		c.Disconnect(0)
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	a.setConnected(c, true)
+	if err := a.publishStatus(ctx, c, session); err != nil {
+		c.Disconnect(0)
+		return nil, err
+	}
+	if err := a.publishReported(ctx); err != nil {
+		a.log.Warn("publish reported state failed", "err", err)
+	}
+	a.log.Info("connected", "broker", a.cfg.Broker.URLs, "session", session)
+	return lost, nil
+}
+
+func (a *Agent) setConnected(c paho.Client, ok bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if ok {
+		a.client = c
+	}
+	a.connected = ok
+}
+
+func (a *Agent) publishStatus(ctx context.Context, c paho.Client, session uint64) error {
+	b, _ := json.Marshal(wire.Status{State: wire.StateOnline, Session: session, At: time.Now().UTC(), Group: a.cfg.Group, Labels: a.cfg.Labels})
+	if err := waitToken(ctx, c.Publish(a.topics.Status(a.cfg.ID), 1, true, b)); err != nil {
+		return fmt.Errorf("publish online status: %w", err)
+	}
+	return nil
+}
+
+// disconnect publishes offline for the current session (a clean disconnect does not fire the Will).
+func (a *Agent) disconnect() {
+	a.mu.Lock()
+	c, session := a.client, a.state.Session
+	a.connected = false
+	a.mu.Unlock()
+	if c == nil {
+		return
+	}
+	b, _ := json.Marshal(wire.Status{State: wire.StateOffline, Session: session, At: time.Now().UTC()})
+	c.Publish(a.topics.Status(a.cfg.ID), 1, true, b).WaitTimeout(2 * time.Second)
+	c.Disconnect(500)
+}
+
+func waitToken(ctx context.Context, t paho.Token) error {
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(30 * time.Second):
+		return errors.New("timed out waiting for the broker")
+	}
+}
+
+// current returns the live client, or nil when disconnected.
+func (a *Agent) current() (paho.Client, uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.connected {
+		return nil, a.state.Session
+	}
+	return a.client, a.state.Session
+}
+
+func (a *Agent) onMessage(topic string, payload []byte) {
+	switch topic {
+	case a.topics.Status(a.cfg.ID):
+		// A late Will of an earlier session can overwrite our retained online status on the broker;
+		// put it right so that anyone subscribing later sees the truth.
+		var s wire.Status
+		if json.Unmarshal(payload, &s) != nil {
+			return
+		}
+		c, session := a.current()
+		if c != nil && s.State == wire.StateOffline && s.Session < session {
+			a.log.Info("replacing a stale offline status left by an earlier session", "stale_session", s.Session, "session", session)
+			go a.publishStatus(context.Background(), c, session)
+		}
+	default:
+		a.log.Debug("message not handled yet", "topic", topic, "bytes", len(payload))
+	}
+}
+
+func (a *Agent) publishReported(ctx context.Context) error {
+	c, session := a.current()
+	if c == nil {
+		return errors.New("not connected")
+	}
+	rep := wire.Reported{
+		Device: a.cfg.ID, AgentVersion: cli.Version, Session: session, Group: a.cfg.Group, Labels: a.cfg.Labels,
+		Host: a.host, Models: map[string]wire.ModelReport{}, At: time.Now().UTC(),
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	return waitToken(ctx, c.Publish(a.topics.Reported(a.cfg.ID), 1, true, b))
+}
+
+func (a *Agent) telemetryLoop(ctx context.Context) {
+	// The first sample goes out as soon as the device is connected, so a new device shows its
+	// health at once rather than after a whole interval.
+	first := time.NewTicker(200 * time.Millisecond)
+	defer first.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-first.C:
+		}
+		if c, _ := a.current(); c != nil {
+			break
+		}
+	}
+	t := time.NewTicker(a.cfg.TelemetryInterval)
+	defer t.Stop()
+	for {
+		h := telemetry.CollectHealth(ctx, a.cfg.DataDir)
+		if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
+			a.log.Warn("health telemetry not sent", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// SendTelemetry publishes one telemetry message with the next sequence number on the device's
+// shard topic.
+func (a *Agent) SendTelemetry(ctx context.Context, kind string, body any) error {
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("encode %s telemetry: %w", kind, err)
+	}
+	a.mu.Lock()
+	c := a.client
+	if !a.connected {
+		a.mu.Unlock()
+		return errors.New("not connected")
+	}
+	a.state.TelemetrySeq++
+	seq := a.state.TelemetrySeq
+	if err := a.saveLocked(); err != nil {
+		a.state.TelemetrySeq--
+		a.mu.Unlock()
+		return fmt.Errorf("persist telemetry sequence: %w", err)
+	}
+	a.mu.Unlock()
+	msg, _ := json.Marshal(wire.Telemetry{Device: a.cfg.ID, Seq: seq, Kind: kind, At: time.Now().UTC(), Body: raw})
+	return waitToken(ctx, c.Publish(a.topics.Telemetry(a.cfg.ID, kind), 1, false, msg))
+}

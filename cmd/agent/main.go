@@ -1,0 +1,107 @@
+// Command agent runs the edgefleet device agent. It is wiring only: flags and environment,
+// signals, and calls into package agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const topUsage = `usage: agent COMMAND [flags]
+
+commands:
+  run        connect this device to the fleet and serve its models
+  version    print the version
+
+Run 'agent COMMAND --help' for a command's flags.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = runAgent(ctx, args[1:], stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "agent", cli.Version)
+	case "help", "--help", "-h", "-help":
+		fmt.Fprint(stdout, topUsage)
+	default:
+		fmt.Fprintf(stderr, "agent: unknown command %q\n\n%s", args[0], topUsage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "agent run --id ID --broker URL --data DIR [flags]")
+	id := fs.String("id", "", "device id (also the MQTT client id): [a-z0-9][a-z0-9._-]{0,63}")
+	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker URL(s), comma-separated for fail-over")
+	user := fs.String("broker-username", "", "username at the broker")
+	pass := fs.String("broker-password", "", "password at the broker (prefer the environment variable)")
+	ca := fs.String("tls-ca", "", "PEM file of the CA that signs the broker's certificate")
+	cert := fs.String("tls-cert", "", "client certificate (PEM)")
+	key := fs.String("tls-key", "", "client key (PEM)")
+	data := fs.String("data", "", "data folder (state, bundles, spool)")
+	group := fs.String("group", "", "group to join at first registration (the registry decides afterwards)")
+	labels := fs.String("labels", "", "labels k=v,k2=v2 for first registration")
+	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
+	interval := fs.Duration("telemetry-interval", 60e9, "how often to send health telemetry")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if *id == "" {
+		return errors.New("--id is required")
+	}
+	urls, err := mqttc.ParseURLs(*brokerURL)
+	if err != nil {
+		return err
+	}
+	lbl, err := cli.ParseLabels(*labels)
+	if err != nil {
+		return fmt.Errorf("--labels: %w", err)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	a, err := agent.New(agent.Config{
+		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
+		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}

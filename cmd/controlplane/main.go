@@ -1,0 +1,117 @@
+// Command controlplane runs the edgefleet control plane (`serve`) and the operator's tools.
+// It is wiring only: flags and environment, signals, and calls into package controlplane.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/edgefleet/edgefleet/controlplane"
+	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/mqttc"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const topUsage = `usage: controlplane COMMAND [flags]
+
+commands:
+  serve      run the control plane (HTTP API, MQTT, registry)
+  version    print the version
+
+Run 'controlplane COMMAND --help' for a command's flags.
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, topUsage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "controlplane", cli.Version)
+	case "help", "--help", "-h", "-help":
+		fmt.Fprint(stdout, topUsage)
+	default:
+		fmt.Fprintf(stderr, "controlplane: unknown command %q\n\n%s", args[0], topUsage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "controlplane:", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "controlplane serve [flags]")
+	data := fs.String("data", "./var/controlplane", "data folder (store, admin token, bundles)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP API and console address")
+	mqttListen := fs.String("mqtt-listen", "127.0.0.1:1883", "embedded MQTT broker address (ignored with --broker)")
+	brokerURL := fs.String("broker", "", "use an existing MQTT broker instead of the embedded one: mqtt://host:port or mqtts://host:port (comma-separated for fail-over)")
+	user := fs.String("broker-username", "", "username at the external broker")
+	pass := fs.String("broker-password", "", "password at the external broker (prefer the environment variable)")
+	ca := fs.String("tls-ca", "", "PEM file of the CA that signs the external broker's certificate")
+	cert := fs.String("tls-cert", "", "client certificate (PEM) for the external broker")
+	key := fs.String("tls-key", "", "client key (PEM) for the external broker")
+	clientID := fs.String("client-id", "", "MQTT client id at the external broker (default _edgefleet-controlplane)")
+	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
+	adminToken := fs.String("admin-token", "", "admin API token (default: generated into DATA/admin.token on first start)")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected arguments %v", fs.Args())
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg := controlplane.Config{
+		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
+		AdminToken: *adminToken, Logger: log,
+		Ready: func(i controlplane.Info) {
+			tok := i.AdminTokenFile
+			if tok == "" {
+				tok = "$EDGEFLEET_ADMIN_TOKEN"
+			}
+			fmt.Fprintf(stderr, "edgefleet control plane: console http://%s/  broker %s  admin token in %s\n", i.HTTPAddr, i.BrokerURL, tok)
+		},
+	}
+	if *brokerURL != "" {
+		urls, err := mqttc.ParseURLs(*brokerURL)
+		if err != nil {
+			return err
+		}
+		cfg.Broker = mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key, ClientID: *clientID}
+	}
+	return controlplane.Run(ctx, cfg)
+}

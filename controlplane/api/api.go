@@ -1,0 +1,158 @@
+// Package api is the control plane's HTTP API (gin): JSON under /api/v1, liveness at /healthz.
+// Every /api route requires a bearer token (deny by default). It owns routing, request
+// validation and error shapes; the registry and other state live behind interfaces.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+)
+
+// Registry is what the API needs of the device registry.
+type Registry interface {
+	List(fleet.Filter) []fleet.Device
+	Get(id string) (fleet.Device, error)
+	SetGroup(ctx context.Context, id, group string) (fleet.Device, error)
+	Groups() []fleet.GroupSummary
+}
+
+// Config wires the API.
+type Config struct {
+	Registry Registry
+	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
+	AdminTokenHash [32]byte
+	Logger         *slog.Logger
+}
+
+// Error is the JSON error body.
+type Error struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func fail(c *gin.Context, status int, code, msg string) {
+	c.AbortWithStatusJSON(status, Error{Error: msg, Code: code})
+}
+
+// New builds the HTTP handler.
+func New(cfg Config) http.Handler {
+	gin.SetMode(gin.ReleaseMode)
+	r := gin.New()
+	r.Use(gin.Recovery(), logRequests(cfg.Logger))
+	r.HandleMethodNotAllowed = true
+	r.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, "not_found", "no such endpoint: "+c.Request.Method+" "+c.Request.URL.Path) })
+	r.NoMethod(func(c *gin.Context) {
+		fail(c, http.StatusMethodNotAllowed, "method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path)
+	})
+	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+
+	h := &handlers{cfg: cfg}
+	v1 := r.Group("/api/v1", h.auth)
+	v1.GET("/devices", h.listDevices)
+	v1.GET("/devices/:id", h.getDevice)
+	v1.PUT("/devices/:id/group", h.setGroup)
+	v1.GET("/groups", h.listGroups)
+	v1.GET("/groups/:group", h.getGroup)
+	return r
+}
+
+func logRequests(log *slog.Logger) gin.HandlerFunc {
+	if log == nil {
+		log = slog.Default()
+	}
+	return func(c *gin.Context) {
+		start := time.Now()
+		c.Next()
+		// The query string can carry filters but never tokens (they go in a header).
+		log.Debug("http", "method", c.Request.Method, "path", c.Request.URL.Path, "status", c.Writer.Status(), "dur", time.Since(start))
+	}
+}
+
+type handlers struct{ cfg Config }
+
+func (h *handlers) auth(c *gin.Context) {
+	hdr := c.GetHeader("Authorization")
+	tok, ok := strings.CutPrefix(hdr, "Bearer ")
+	if !ok || tok == "" {
+		c.Header("WWW-Authenticate", `Bearer realm="edgefleet"`)
+		fail(c, http.StatusUnauthorized, "unauthorized", "missing bearer token: send 'Authorization: Bearer TOKEN' (the admin token is in DATA/admin.token)")
+		return
+	}
+	sum := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(sum[:], h.cfg.AdminTokenHash[:]) != 1 {
+		fail(c, http.StatusUnauthorized, "unauthorized", "invalid token")
+		return
+	}
+	c.Next()
+}
+
+func (h *handlers) listDevices(c *gin.Context) {
+	f := fleet.Filter{Group: c.Query("group"), Search: c.Query("q")}
+	if v := c.Query("online"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			fail(c, http.StatusBadRequest, "bad_request", "online must be true or false")
+			return
+		}
+		f.Online = &b
+	}
+	devs := h.cfg.Registry.List(f)
+	c.JSON(http.StatusOK, gin.H{"devices": devs, "count": len(devs)})
+}
+
+func (h *handlers) getDevice(c *gin.Context) {
+	d, err := h.cfg.Registry.Get(c.Param("id"))
+	if errors.Is(err, fleet.ErrNotFound) {
+		fail(c, http.StatusNotFound, "not_found", "no device "+c.Param("id"))
+		return
+	}
+	c.JSON(http.StatusOK, d)
+}
+
+func (h *handlers) setGroup(c *gin.Context) {
+	var body struct {
+		Group string `json:"group"`
+	}
+	if err := c.ShouldBindJSON(&body); err != nil {
+		fail(c, http.StatusBadRequest, "bad_request", `body must be JSON {"group": "NAME"}: `+err.Error())
+		return
+	}
+	d, err := h.cfg.Registry.SetGroup(c.Request.Context(), c.Param("id"), body.Group)
+	switch {
+	case errors.Is(err, fleet.ErrNotFound):
+		fail(c, http.StatusNotFound, "not_found", "no device "+c.Param("id"))
+	case errors.Is(err, fleet.ErrGroup):
+		fail(c, http.StatusUnprocessableEntity, "invalid_group", err.Error())
+	case err != nil:
+		fail(c, http.StatusInternalServerError, "internal", "could not save the group: "+err.Error())
+	default:
+		c.JSON(http.StatusOK, d)
+	}
+}
+
+func (h *handlers) listGroups(c *gin.Context) {
+	c.JSON(http.StatusOK, gin.H{"groups": h.cfg.Registry.Groups()})
+}
+
+func (h *handlers) getGroup(c *gin.Context) {
+	name := c.Param("group")
+	for _, g := range h.cfg.Registry.Groups() {
+		if g.Name == name {
+			c.JSON(http.StatusOK, gin.H{"name": g.Name, "devices": g.Devices, "online": g.Online,
+				"members": h.cfg.Registry.List(fleet.Filter{Group: name})})
+			return
+		}
+	}
+	fail(c, http.StatusNotFound, "not_found", "no group "+name)
+}

@@ -1,0 +1,174 @@
+package fleet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/internal/wire"
+)
+
+var topics = wire.NewTopics("")
+
+func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func newRegistry(t *testing.T, st store.Store) *Registry {
+	t.Helper()
+	r, err := Open(context.Background(), st, topics, quiet())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func status(state string, session uint64, group string) []byte {
+	b, _ := json.Marshal(wire.Status{State: state, Session: session, Group: group})
+	return b
+}
+
+func TestStatusAndStaleWill(t *testing.T) {
+	r := newRegistry(t, store.NewMemory())
+	r.HandleMessage(topics.Status("dev-1"), status("online", 5, "line-a"))
+	d, err := r.Get("dev-1")
+	if err != nil || !d.Online || d.Group != "line-a" || d.Session != 5 {
+		t.Fatalf("after online: %+v %v", d, err)
+	}
+	// Reconnect: session 6 online, then the broker delivers session 5's Will late.
+	r.HandleMessage(topics.Status("dev-1"), status("online", 6, "line-a"))
+	r.HandleMessage(topics.Status("dev-1"), status("offline", 5, ""))
+	if d, _ := r.Get("dev-1"); !d.Online || d.Session != 6 {
+		t.Fatalf("late Will of session 5 marked the device offline: %+v", d)
+	}
+	r.HandleMessage(topics.Status("dev-1"), status("offline", 6, ""))
+	if d, _ := r.Get("dev-1"); d.Online {
+		t.Fatalf("Will of the current session ignored: %+v", d)
+	}
+	// A device that lost its state folder starts counting from 1 again and must still come online.
+	r.HandleMessage(topics.Status("dev-1"), status("online", 1, ""))
+	if d, _ := r.Get("dev-1"); !d.Online || d.Session != 1 {
+		t.Fatalf("restarted counter not accepted: %+v", d)
+	}
+}
+
+func TestGroupAppliesAtFirstRegistrationOnly(t *testing.T) {
+	r := newRegistry(t, store.NewMemory())
+	r.HandleMessage(topics.Status("dev-1"), status("online", 1, "line-a"))
+	if _, err := r.SetGroup(context.Background(), "dev-1", "line-b"); err != nil {
+		t.Fatal(err)
+	}
+	r.HandleMessage(topics.Status("dev-1"), status("online", 2, "line-a"))
+	if d, _ := r.Get("dev-1"); d.Group != "line-b" {
+		t.Fatalf("agent's --group overrode the registry: %q", d.Group)
+	}
+	if _, err := r.SetGroup(context.Background(), "dev-1", "Bad Group"); err == nil {
+		t.Fatal("invalid group accepted")
+	}
+	if _, err := r.SetGroup(context.Background(), "nope", "line-a"); err == nil {
+		t.Fatal("unknown device accepted")
+	}
+	r.HandleMessage(topics.Status("dev-2"), status("online", 1, "NOT VALID"))
+	if d, _ := r.Get("dev-2"); d.Group != DefaultGroup {
+		t.Fatalf("invalid requested group: %q", d.Group)
+	}
+}
+
+type malformedCase struct {
+	Name    string `json:"name"`
+	Topic   string `json:"topic"`
+	Payload string `json:"payload"`
+}
+
+func TestMalformedPayloadsAreRefusedAndCounted(t *testing.T) {
+	raw, err := os.ReadFile("testdata/malformed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []malformedCase
+	if err := json.Unmarshal(raw, &cases); err != nil {
+		t.Fatal(err)
+	}
+	st := store.NewMemory()
+	r := newRegistry(t, st)
+	r.HandleMessage(topics.Status("dev-1"), status("online", 3, "line-a"))
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := r.Get("dev-1")
+	for i, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			topic := c.Topic
+			if rest, ok := strings.CutPrefix(topic, "SHARD(dev-1)"); ok {
+				topic = strings.TrimSuffix(topics.Telemetry("dev-1", "x"), "/x") + rest
+			}
+			payload := []byte(c.Payload)
+			if c.Payload == "HUGE" {
+				payload = []byte(`{"state":"online","session":3,"labels":{"k":"` + strings.Repeat("a", 1<<20) + `"}}`)
+			}
+			_, m0 := r.Stats()
+			if err := r.handle(topic, payload); err == nil {
+				t.Fatalf("accepted")
+			} else if !strings.Contains(err.Error(), "malformed") {
+				t.Fatalf("error does not say malformed: %v", err)
+			}
+			r.HandleMessage(topic, payload)
+			if _, m1 := r.Stats(); m1 != m0+1 {
+				t.Fatalf("malformed counter %d -> %d", m0, m1)
+			}
+			_ = i
+		})
+	}
+	after, _ := r.Get("dev-1")
+	// Only the malformed counter and nothing else may change.
+	after.Malformed, before.Malformed = 0, 0
+	if !reflect.DeepEqual(before, after) {
+		t.Fatalf("malformed messages changed the registry:\nbefore %+v\nafter  %+v", before, after)
+	}
+	if _, err := r.Get("dev_one"); err == nil {
+		t.Fatal("a device was registered from a malformed topic")
+	}
+	if len(r.List(Filter{})) != 1 {
+		t.Fatalf("devices: %v", r.List(Filter{}))
+	}
+}
+
+func TestPersistsAcrossReopen(t *testing.T) {
+	st, err := store.OpenBolt(t.TempDir() + "/cp.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := newRegistry(t, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx, time.Hour); close(done) }()
+	for i := 0; i < 5; i++ {
+		r.HandleMessage(topics.Status(fmt.Sprintf("dev-%d", i)), status("online", 1, "g"))
+	}
+	h, _ := json.Marshal(wire.Telemetry{Device: "dev-0", Seq: 4, Kind: "health", At: time.Now(), Body: json.RawMessage(`{"cpu_percent":12.5}`)})
+	r.HandleMessage(topics.Telemetry("dev-0", "health"), h)
+	cancel()
+	<-done // final flush on shutdown
+	r2 := newRegistry(t, st)
+	if n := len(r2.List(Filter{Group: "g"})); n != 5 {
+		t.Fatalf("reopened registry has %d devices", n)
+	}
+	d, _ := r2.Get("dev-0")
+	if d.Health == nil || d.Health.CPUPercent != 12.5 || d.LastSeq != 4 {
+		t.Fatalf("health not persisted: %+v", d)
+	}
+	on := true
+	if n := len(r2.List(Filter{Online: &on, Search: "dev-3"})); n != 1 {
+		t.Fatalf("filter online+search: %d", n)
+	}
+	if g := r2.Groups(); len(g) != 1 || g[0].Devices != 5 || g[0].Online != 5 {
+		t.Fatalf("groups %+v", g)
+	}
+}
