@@ -62,8 +62,9 @@ type Options struct {
 var ErrClosed = errors.New("onnxrt: session closed")
 
 // Session is a loaded model. Run is safe for concurrent use: ONNX Runtime allows concurrent Run
-// calls on one session, each call here uses its own input and output values, and Close waits
-// for calls in flight.
+// calls on one session (microsoft/onnxruntime#114), onnxruntime_go's DynamicAdvancedSession keeps
+// no per-call state (yalue/onnxruntime_go#79; its AdvancedSession does, which is why we do not use
+// it), each call here uses its own input and output values, and Close waits for calls in flight.
 type Session struct {
 	schema   Schema
 	provider string
@@ -72,7 +73,7 @@ type Session struct {
 	scalarOut []bool
 	// halfOut says, for each FP16 output, how Run sizes it (see planHalfOutputs).
 	halfOut [][]dimSource
-	profile   string // the prefix handed to ORT, "" when profiling is off
+	profile string // the prefix handed to ORT, "" when profiling is off
 
 	mu     sync.RWMutex // Run holds it shared, Close exclusively
 	ort    *ort.DynamicAdvancedSession
@@ -399,7 +400,7 @@ func planHalfOutputs(s Schema) ([][]dimSource, error) {
 		if plans == nil {
 			plans = make([][]dimSource, len(s.Outputs))
 		}
-		if o.Shape == nil || len(o.Shape) == 0 {
+		if len(o.Shape) == 0 {
 			return nil, fmt.Errorf("onnxrt: FP16 output %s: onnxruntime_go cannot return FP16 outputs of unknown rank or rank 0", o)
 		}
 		plan := make([]dimSource, len(o.Shape))
