@@ -28,10 +28,14 @@ const topUsage = `usage: controlplane COMMAND [flags]
 
 commands:
   serve      run the control plane (HTTP API, MQTT, registry)
+  keys       generate signing keys:   keys generate --out DIR [--role release|root|control]
+  trust      sign a trust document:   trust sign --root root.key --version N --release a.pub --control control.pub --out trust.json
+  bundle     build, verify, inspect:  bundle build|verify|inspect ...
   version    print the version
 
 Run 'controlplane COMMAND --help' for a command's flags.
-`
+
+` + clientUsage
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
@@ -42,13 +46,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "serve":
 		err = serve(ctx, args[1:], stderr)
+	case "keys":
+		err = keysCmd(args[1:], stdout, stderr)
+	case "trust":
+		err = trustCmd(ctx, args[1:], stdout, stderr)
+	case "bundle":
+		err = bundleCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "controlplane", cli.Version)
 	case "help", "--help", "-h", "-help":
 		fmt.Fprint(stdout, topUsage)
 	default:
-		fmt.Fprintf(stderr, "controlplane: unknown command %q\n\n%s", args[0], topUsage)
-		return 2
+		err = runClient(args, stdout, stderr)
 	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

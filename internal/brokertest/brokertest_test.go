@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -16,13 +17,6 @@ func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
-
-// allResults collects every broker's results so TestMain-free tests can
-// print one table; the subtests of TestConformance fill it.
-var (
-	resultsMu  sync.Mutex
-	allResults []Result
-)
 
 // Known gaps of mochi-mqtt v2.7.9, found by this suite; each names the
 // code so it can be re-checked when mochi is upgraded.
@@ -59,18 +53,23 @@ func TestConformance(t *testing.T) {
 			return StartMochi(t, MochiOptions{})
 		}, mochiGaps},
 	}
-	for _, br := range brokers {
+	// One slot per broker, so the table's columns keep this order whichever
+	// parallel subtest finishes first.
+	var mu sync.Mutex
+	perBroker := make([][]Result, len(brokers))
+	for i, br := range brokers {
 		t.Run(br.name, func(t *testing.T) {
 			t.Parallel() // separate brokers, separate ids: nothing shared
 			res := Conformance(t, br.start(t), br.known...)
-			resultsMu.Lock()
-			allResults = append(allResults, res...)
-			resultsMu.Unlock()
+			mu.Lock()
+			perBroker[i] = res
+			mu.Unlock()
 		})
 	}
 	t.Cleanup(func() {
-		resultsMu.Lock()
-		defer resultsMu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		allResults := slices.Concat(perBroker...)
 		t.Logf("broker conformance (internal/brokertest):\n%s", FormatResults(allResults))
 		for _, r := range Requirements {
 			t.Logf("- %s: %s Why: %s", r.ID, r.Title, r.Why)

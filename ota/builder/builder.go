@@ -1,0 +1,236 @@
+// Package builder turns an ONNX model into a signed bundle: it reads the model's schema with ONNX
+// Runtime, records golden outputs for the on-device smoke test, computes the drift reference from
+// reference samples, measures the memory a session needs, and writes the bundle with ota/bundle.
+// It is what `controlplane bundle build` runs.
+package builder
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/edgefleet/edgefleet/internal/onnxrt"
+	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/golden"
+)
+
+// Options of a build.
+type Options struct {
+	ModelPath  string
+	Name       string
+	Version    string
+	Variant    string
+	Kind       bundle.Kind
+	Parent     string
+	Golden     int    // generated golden cases (default 3)
+	Reference  string // reference samples (JSON lines or .npy)
+	PrePath    string
+	PostPath   string
+	LabelsPath string
+	Embedding  string
+	Provenance map[string]string
+	BlockSize  int64
+	Seed       uint64
+	// Tolerance of the smoke test; zero means golden.DefaultTolerance.
+	Tolerance golden.Tolerance
+	// Progress receives one line per long step; nil for silence.
+	Progress io.Writer
+}
+
+// Result describes what was built.
+type Result struct {
+	ID       string
+	Manifest *bundle.Manifest
+	Size     int64
+}
+
+func (o Options) say(format string, args ...any) {
+	if o.Progress != nil {
+		fmt.Fprintf(o.Progress, format+"\n", args...)
+	}
+}
+
+// Build writes the bundle to out.
+func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) (*Result, error) {
+	if o.Kind == "" {
+		o.Kind = bundle.KindModel
+	}
+	if o.Golden == 0 {
+		o.Golden = 3
+	}
+	if o.Tolerance == (golden.Tolerance{}) {
+		o.Tolerance = golden.DefaultTolerance
+	}
+	if o.Kind != bundle.KindModel {
+		return nil, fmt.Errorf("building %s bundles is not supported by this command yet", o.Kind)
+	}
+	if err := onnxrt.Init(""); err != nil {
+		return nil, err
+	}
+	model, err := os.ReadFile(o.ModelPath)
+	if err != nil {
+		return nil, fmt.Errorf("read model: %w", err)
+	}
+	o.say("reading schema of %s (%d bytes)", filepath.Base(o.ModelPath), len(model))
+	rssBefore := rss()
+	sess, err := onnxrt.NewSession(model, onnxrt.Options{IntraOpThreads: 1})
+	if err != nil {
+		return nil, fmt.Errorf("load %s in ONNX Runtime %s: %w", o.ModelPath, onnxrt.Version(), err)
+	}
+	defer sess.Close()
+	schema := sess.Schema()
+
+	var inputs [][]onnxrt.Tensor
+	var samples [][]onnxrt.Tensor
+	if o.Reference != "" {
+		o.say("reading reference samples from %s", o.Reference)
+		samples, err = ReadSamples(o.Reference, schema)
+		if err != nil {
+			return nil, err
+		}
+		inputs = append(inputs, samples[:min(len(samples), o.Golden)]...)
+	}
+	if len(inputs) < o.Golden {
+		gen, err := onnxrt.GenerateInputs(schema, o.Golden-len(inputs), o.Seed+1, nil)
+		if err != nil {
+			return nil, fmt.Errorf("generate golden inputs (pass --reference with real samples for this model): %w", err)
+		}
+		inputs = append(inputs, gen...)
+	}
+	o.say("recording %d golden cases", len(inputs))
+	gf, err := golden.Record(ctx, sess.Run, inputs, o.Tolerance)
+	if err != nil {
+		return nil, fmt.Errorf("record golden outputs: %w", err)
+	}
+	peak := int64(rss()) - int64(rssBefore)
+	goldenJSON, err := json.Marshal(gf)
+	if err != nil {
+		return nil, err
+	}
+
+	files := []bundle.File{
+		bundle.FileFromPath("model.onnx", bundle.RoleModel, o.ModelPath),
+		{Path: golden.FileName, Role: bundle.RoleGolden, Bytes: goldenJSON},
+	}
+	if len(samples) > 0 {
+		o.say("computing the drift reference from %d samples", len(samples))
+		ref, err := buildReference(ctx, sess, schema, samples, o.Embedding)
+		if err != nil {
+			return nil, fmt.Errorf("drift reference: %w", err)
+		}
+		if ref != nil {
+			files = append(files, bundle.File{Path: "reference.json", Role: bundle.RoleReference, Bytes: ref})
+		}
+	}
+	for _, extra := range []struct {
+		path, name string
+		role       bundle.Role
+	}{{o.PrePath, "pre.onnx", bundle.RolePre}, {o.PostPath, "post.onnx", bundle.RolePost}, {o.LabelsPath, "labels.txt", bundle.RoleLabels}} {
+		if extra.path == "" {
+			continue
+		}
+		if _, err := os.Stat(extra.path); err != nil {
+			return nil, fmt.Errorf("%s: %w", extra.name, err)
+		}
+		files = append(files, bundle.FileFromPath(extra.name, extra.role, extra.path))
+	}
+
+	in := bundle.BuildInput{
+		Kind: o.Kind, Name: o.Name, Version: o.Version, Variant: o.Variant, Parent: o.Parent, BlockSize: o.BlockSize,
+		Schema: toSchema(schema), ONNX: &bundle.ONNXInfo{Opset: schema.Opset, IRVersion: schema.IRVersion},
+		Requirements: bundle.Requirements{
+			ExecutionProviders: []string{onnxrt.ProviderCPU},
+			MinORTVersion:      minorOf(onnxrt.Version()),
+			MinOpset:           schema.Opset,
+			PeakMemoryBytes:    max(peak, int64(len(model))),
+		},
+		Provenance:      provenance(o.Provenance),
+		EmbeddingOutput: o.Embedding,
+		Files:           files,
+	}
+	o.say("hashing and signing")
+	cw := &countWriter{w: out}
+	id, mb, err := bundle.Build(ctx, in, signer, cw)
+	if err != nil {
+		return nil, err
+	}
+	m, err := bundle.ParseManifest(mb)
+	if err != nil {
+		return nil, err
+	}
+	o.say("built %s@%s: %d bytes, id %s", o.Name, o.Version, cw.n, id)
+	return &Result{ID: id, Manifest: m, Size: cw.n}, nil
+}
+
+func toSchema(s onnxrt.Schema) *bundle.Schema {
+	conv := func(ts []onnxrt.TensorInfo) []bundle.Tensor {
+		var out []bundle.Tensor
+		for _, t := range ts {
+			out = append(out, bundle.Tensor{Name: t.Name, Datatype: string(t.DType), Shape: t.Shape, DimNames: t.DimNames})
+		}
+		return out
+	}
+	return &bundle.Schema{Inputs: conv(s.Inputs), Outputs: conv(s.Outputs)}
+}
+
+// provenance maps --provenance key=value flags onto the manifest's fields.
+func provenance(kv map[string]string) bundle.Provenance {
+	var p bundle.Provenance
+	for k, v := range kv {
+		switch k {
+		case "code_revision", "revision", "git":
+			p.CodeRevision = v
+		case "dataset", "datasets", "dataset_ids":
+			for _, d := range strings.Split(v, ",") {
+				if d = strings.TrimSpace(d); d != "" {
+					p.DatasetIDs = append(p.DatasetIDs, d)
+				}
+			}
+		case "params_digest", "params":
+			p.ParamsDigest = v
+		default:
+			if p.Extra == nil {
+				p.Extra = map[string]string{}
+			}
+			p.Extra[k] = v
+		}
+	}
+	return p
+}
+
+func minorOf(v string) string {
+	parts := strings.SplitN(v, ".", 3)
+	if len(parts) < 2 {
+		return v
+	}
+	return parts[0] + "." + parts[1]
+}
+
+// rss is the process's resident set size, the cheapest honest measure of what loading and running
+// a session costs.
+func rss() uint64 {
+	runtime.GC()
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, res uint64
+	fmt.Sscan(string(b), &size, &res)
+	return res * uint64(os.Getpagesize())
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
