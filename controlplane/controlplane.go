@@ -19,7 +19,10 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/assign"
+	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
+	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/store"
@@ -39,6 +42,21 @@ type Config struct {
 	Prefix string
 	// AdminToken overrides DATA/admin.token (EDGEFLEET_ADMIN_TOKEN).
 	AdminToken string
+	// TrustKeys are release public keys (files, or folders of .pub files) whose bundles the
+	// registry accepts.
+	TrustKeys []string
+	// TrustDoc is a root-signed trust document; its release keys are trusted and it is published
+	// retained on {prefix}/trust.
+	TrustDoc string
+	// ControlKey signs desired states; default DATA/control.key, generated on first start.
+	ControlKey string
+	// BundleBytesPerSecond bounds all bundle transfer traffic.
+	BundleBytesPerSecond int
+	// CarouselMin is the smallest wave for which a group assignment broadcasts the bundle once
+	// (0: never).
+	CarouselMin int
+	// DesiredTTL is the lifetime of a desired state (default 7 days).
+	DesiredTTL time.Duration
 	Logger     *slog.Logger
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
@@ -100,20 +118,74 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	keys, err := loadKeys(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	breg, err := bundles.New(st, filepath.Join(cfg.DataDir, "bundles"), keys.releaseVerifiers, 0, log)
+	if err != nil {
+		return err
+	}
 	regCtx, stopReg := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); reg.Run(regCtx, time.Second) }()
 	defer func() { stopReg(); wg.Wait() }()
 
+	// The bus is created below, after the handlers that need to publish exist; publish is late-bound.
 	var fleetBus bus
+	publish := func(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error {
+		if fleetBus == nil {
+			return errors.New("not connected to the broker yet")
+		}
+		return fleetBus.Publish(ctx, topic, payload, qos, retain)
+	}
+	svcCtx, stopSvc := context.WithCancel(context.Background())
+	defer stopSvc()
+	assigner := assign.New(st, keys.control, publish, topics, cfg.DesiredTTL, log)
+	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
+	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
+	ds.blocks = blocks
+	events := make(chan string, 4096)
+	dispatch := func(topic string, payload []byte) {
+		p, err := topics.Parse(topic)
+		if err == nil && p.Kind == wire.KindBlocksReq {
+			blocks.Handle(p.Device, payload)
+			return
+		}
+		reg.HandleMessage(topic, payload)
+		if err == nil && p.Kind == wire.KindReported {
+			select {
+			case events <- p.Device:
+			default: // the next reported message triggers it again
+			}
+		}
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); blocks.Run(svcCtx) }()
+	go func() {
+		defer wg.Done()
+		refresh := time.NewTicker(time.Hour)
+		defer refresh.Stop()
+		for {
+			select {
+			case <-svcCtx.Done():
+				return
+			case dev := <-events:
+				ds.onReported(svcCtx, dev)
+			case <-refresh.C:
+				assigner.RefreshExpiring(svcCtx)
+			}
+		}
+	}()
+
 	var brokerURL string
 	if len(cfg.Broker.URLs) > 0 {
 		if cfg.Broker.ClientID == "" {
 			// Not a valid device id (leading '_'), so no device can take over our session.
 			cfg.Broker.ClientID = "_edgefleet-controlplane"
 		}
-		c, err := extbroker.Connect(ctx, cfg.Broker, topics.FleetFilters(), reg.HandleMessage, log)
+		c, err := extbroker.Connect(ctx, cfg.Broker, topics.FleetFilters(), dispatch, log)
 		if err != nil {
 			return err
 		}
@@ -123,20 +195,29 @@ func Run(ctx context.Context, cfg Config) error {
 		if listen == "" {
 			listen = "127.0.0.1:1883"
 		}
-		b, err := broker.Start(broker.Config{Listen: listen, Prefix: cfg.Prefix, Handler: reg.HandleMessage, Logger: log})
+		b, err := broker.Start(broker.Config{Listen: listen, Prefix: cfg.Prefix, Handler: dispatch, Logger: log})
 		if err != nil {
 			return err
 		}
 		fleetBus, brokerURL = embeddedBus{b}, b.URL()
 	}
 	defer fleetBus.Close()
+	// Retained documents the control plane owns go out again: an embedded broker forgot them.
+	if keys.trustEnvelope != nil {
+		if err := publish(ctx, topics.Trust(), keys.trustEnvelope, 1, true); err != nil {
+			return fmt.Errorf("publish trust document: %w", err)
+		}
+	}
+	if err := assigner.RepublishAll(ctx); err != nil {
+		log.Warn("republishing desired states failed; devices get them on their next report", "err", err)
+	}
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Registry: reg, AdminTokenHash: tokenHash, Logger: log}),
+		Handler:           api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, AdminTokenHash: tokenHash, Logger: log}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	httpErr := make(chan error, 1)

@@ -95,13 +95,13 @@ func parseRequirement(p string) (requirement, error) {
 		return requirement{key: k, op: opNotExists}, nil
 	}
 	if i := strings.Index(p, "!="); i >= 0 {
-		return binary(p[:i], p[i+2:], opNotEq)
+		return binaryReq(p[:i], p[i+2:], opNotEq)
 	}
 	if i := strings.Index(p, "=="); i >= 0 {
-		return binary(p[:i], p[i+2:], opEq)
+		return binaryReq(p[:i], p[i+2:], opEq)
 	}
 	if i := strings.Index(p, "="); i >= 0 {
-		return binary(p[:i], p[i+1:], opEq)
+		return binaryReq(p[:i], p[i+1:], opEq)
 	}
 	if open := strings.Index(p, "("); open >= 0 {
 		if !strings.HasSuffix(p, ")") {
@@ -140,7 +140,7 @@ func parseRequirement(p string) (requirement, error) {
 	return requirement{key: k, op: opExists}, nil
 }
 
-func binary(k, v string, op selOp) (requirement, error) {
+func binaryReq(k, v string, op selOp) (requirement, error) {
 	k, v = strings.TrimSpace(k), strings.TrimSpace(v)
 	if err := checkKey(k); err != nil {
 		return requirement{}, err

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/cli"
@@ -93,6 +94,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	clientID := fs.String("client-id", "", "MQTT client id at the external broker (default _edgefleet-controlplane)")
 	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
 	adminToken := fs.String("admin-token", "", "admin API token (default: generated into DATA/admin.token on first start)")
+	var trustKeys cli.Strings
+	fs.Var(&trustKeys, "trust", "release public key (or folder of .pub files) whose bundles the registry accepts; repeatable")
+	trustDoc := fs.String("trust-doc", "", "root-signed trust document: its release keys are trusted and it is published to devices")
+	controlKey := fs.String("control-key", "", "key that signs desired states (default DATA/control.key, generated on first start)")
+	bandwidth := fs.Int("bundle-bandwidth", 8<<20, "bytes per second for all bundle transfers together")
+	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
+	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -106,7 +114,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	cfg := controlplane.Config{
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
-		AdminToken: *adminToken, Logger: log,
+		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
+		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

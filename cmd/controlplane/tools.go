@@ -153,6 +153,9 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	defer os.Remove(tmp.Name())
 	res, err := builder.Build(ctx, o, signer, tmp)
 	if err == nil {
+		err = tmp.Chmod(0o644) // a bundle is public; its signature protects it
+	}
+	if err == nil {
 		err = tmp.Sync()
 	}
 	tmp.Close()

@@ -30,6 +30,8 @@ type Registry interface {
 // Config wires the API.
 type Config struct {
 	Registry Registry
+	Bundles  Bundles
+	Desired  Desired
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
 	AdminTokenHash [32]byte
 	Logger         *slog.Logger
@@ -51,7 +53,9 @@ func New(cfg Config) http.Handler {
 	r := gin.New()
 	r.Use(gin.Recovery(), logRequests(cfg.Logger))
 	r.HandleMethodNotAllowed = true
-	r.NoRoute(func(c *gin.Context) { fail(c, http.StatusNotFound, "not_found", "no such endpoint: "+c.Request.Method+" "+c.Request.URL.Path) })
+	r.NoRoute(func(c *gin.Context) {
+		fail(c, http.StatusNotFound, "not_found", "no such endpoint: "+c.Request.Method+" "+c.Request.URL.Path)
+	})
 	r.NoMethod(func(c *gin.Context) {
 		fail(c, http.StatusMethodNotAllowed, "method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path)
 	})
@@ -64,6 +68,13 @@ func New(cfg Config) http.Handler {
 	v1.PUT("/devices/:id/group", h.setGroup)
 	v1.GET("/groups", h.listGroups)
 	v1.GET("/groups/:group", h.getGroup)
+	v1.PUT("/groups/:group/desired", h.setGroupDesired)
+	v1.GET("/devices/:id/desired", h.getDeviceDesired)
+	v1.PUT("/devices/:id/desired", h.setDeviceDesired)
+	v1.POST("/bundles", h.uploadBundle)
+	v1.GET("/bundles", h.listBundles)
+	v1.GET("/bundles/:id", h.getBundle)
+	v1.PUT("/bundles/:id/stage", h.setStage)
 	return r
 }
 
@@ -94,6 +105,7 @@ func (h *handlers) auth(c *gin.Context) {
 		fail(c, http.StatusUnauthorized, "unauthorized", "invalid token")
 		return
 	}
+	c.Set("principal", "admin")
 	c.Next()
 }
 
@@ -155,4 +167,12 @@ func (h *handlers) getGroup(c *gin.Context) {
 		}
 	}
 	fail(c, http.StatusNotFound, "not_found", "no group "+name)
+}
+
+// principal names who is calling, for records and audit.
+func principal(c *gin.Context) string {
+	if p := c.GetString("principal"); p != "" {
+		return p
+	}
+	return "unknown"
 }

@@ -208,7 +208,7 @@ func minorOf(v string) string {
 	if len(parts) < 2 {
 		return v
 	}
-	return parts[0] + "." + parts[1]
+	return parts[0] + "." + parts[1] + ".0"
 }
 
 // rss is the process's resident set size, the cheapest honest measure of what loading and running

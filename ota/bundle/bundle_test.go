@@ -101,7 +101,7 @@ func TestBuildDeterministicGolden(t *testing.T) {
 		t.Fatalf("%v (run go test -update once to create it)", err)
 	}
 	if !bytes.Equal(mb1, want) {
-		t.Fatalf("manifest bytes changed; if intended, run go test ./ota/bundle -run Golden -update\ngot:  %s\nwant: %s", mb1, want)
+		t.Fatalf("manifest bytes changed; if intended, run go test ./ota/bundle -run 'Golden|Fixture' -update\ngot:  %s\nwant: %s", mb1, want)
 	}
 }
 
@@ -520,7 +520,7 @@ func TestExtractCreatesAndRemovesFolder(t *testing.T) {
 	}
 }
 
-// TestExtractThroughSymlinkInFolder: a symlink already in the slot (planted earlier) must not lead
+// TestExtractReplacesPlantedSymlink: a symlink already in the slot (planted earlier) must not lead
 // a write outside it; the rename replaces the link itself.
 func TestExtractReplacesPlantedSymlink(t *testing.T) {
 	k := newTestKey(t)

@@ -32,6 +32,9 @@ type Model struct {
 	Rollout string `json:"rollout,omitempty"`
 	// Bake is how long the agent watches a new model before committing it.
 	Bake Duration `json:"bake,omitempty"`
+	// Carousel tells the device that the control plane broadcasts this bundle to its wave: listen
+	// on the carousel first and pull only what it missed.
+	Carousel bool `json:"carousel,omitempty"`
 }
 
 // State is the document.

@@ -28,7 +28,7 @@ type graph struct {
 type weight struct {
 	name  string
 	t     *onnxpb.TensorProto
-	owner *graph          // the graph that holds it
+	owner *graph            // the graph that holds it
 	node  *onnxpb.NodeProto // the Constant node, nil for an initializer
 }
 

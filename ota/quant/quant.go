@@ -157,7 +157,7 @@ func Quantize(ctx context.Context, model []byte, opts Options) (*Result, error) 
 	if err != nil {
 		return nil, err
 	}
-	if d := Detect(md.m); d.Quantized() {
+	if d := detect(md.m); d.Quantized() {
 		return nil, fmt.Errorf("%w (%s: %s); evaluate it against its float parent with Evaluate", ErrAlreadyQuantized, d.Format, strings.Join(d.Ops, ", "))
 	}
 	res := &Result{SizeBefore: int64(len(model)), OpsetBefore: onnxpb.Opset(md.m)}

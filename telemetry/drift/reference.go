@@ -89,8 +89,8 @@ type Feature struct {
 	FeatureSpec
 	// Edges are the interior cut points, strictly ascending and finite: len(Edges)+1 bins,
 	// (-Inf, e1), [e1, e2), ..., [em, +Inf). The open ends mean any value has a bin.
-	Edges     []float64 `json:"edges"`
-	RefCounts []uint64  `json:"ref_counts"`
+	Edges     []float64  `json:"edges"`
+	RefCounts []uint64   `json:"ref_counts"`
 	Quantiles []Quantile `json:"quantiles,omitempty"`
 	// Count is the number of finite reference values (the sum of RefCounts); Missing the
 	// non-finite ones that were left out.

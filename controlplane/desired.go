@@ -1,0 +1,246 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/assign"
+	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
+	"github.com/edgefleet/edgefleet/controlplane/bundles"
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/desired"
+)
+
+const bucketGroups = "groups"
+
+// GroupRecord is a group's stored settings: its committed baseline bundle per model.
+type GroupRecord struct {
+	Name     string            `json:"name"`
+	Baseline map[string]string `json:"baseline,omitempty"` // model -> bundle id
+	By       string            `json:"by,omitempty"`
+	At       time.Time         `json:"at,omitzero"`
+}
+
+// desiredService assigns bundles to devices and groups (direct assignment; rollouts use the same
+// path).
+type desiredService struct {
+	st          store.Store
+	reg         *fleet.Registry
+	bundles     *bundles.Registry
+	assigner    *assign.Assigner
+	blocks      *blocksrv.Server
+	carouselMin int
+	log         *slog.Logger
+	ctx         context.Context // lifetime of background carousels
+
+	mu       sync.Mutex
+	carousel map[string]time.Time
+}
+
+// compatible reports why a device cannot run a bundle, or "" when it can (or cannot tell yet:
+// a device that has not reported checks the requirements itself before installing).
+func compatible(d fleet.Device, m *bundle.Manifest) string {
+	if d.Reported == nil {
+		return ""
+	}
+	req := m.Requirements
+	if len(req.Arch) > 0 && !slices.Contains(req.Arch, d.Reported.Host.Arch) {
+		return fmt.Sprintf("bundle needs arch %v, device is %s", req.Arch, d.Reported.Host.Arch)
+	}
+	if rt := d.Reported.Runtime; rt != nil && rt.ORTVersion != "" && req.MinORTVersion != "" && versionLess(rt.ORTVersion, req.MinORTVersion) {
+		return fmt.Sprintf("bundle needs ONNX Runtime >= %s, device has %s", req.MinORTVersion, rt.ORTVersion)
+	}
+	if rt := d.Reported.Runtime; rt != nil && rt.MaxOpset > 0 && req.MinOpset > int64(rt.MaxOpset) {
+		return fmt.Sprintf("bundle needs opset %d, device's runtime supports up to %d", req.MinOpset, rt.MaxOpset)
+	}
+	return ""
+}
+
+// versionLess compares dotted numeric versions (1.9 < 1.24).
+func versionLess(a, b string) bool {
+	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
+	for i := 0; i < max(len(pa), len(pb)); i++ {
+		var x, y int
+		if i < len(pa) {
+			x, _ = strconv.Atoi(pa[i])
+		}
+		if i < len(pb) {
+			y, _ = strconv.Atoi(pb[i])
+		}
+		if x != y {
+			return x < y
+		}
+	}
+	return false
+}
+
+func reportedGen(d fleet.Device) uint64 {
+	if d.Reported == nil {
+		return 0
+	}
+	return d.Reported.Generation
+}
+
+func (s *desiredService) assign(ctx context.Context, d fleet.Device, rec bundles.Record, m *bundle.Manifest, bake time.Duration, carousel bool) (assign.Record, error) {
+	if why := compatible(d, m); why != "" {
+		return assign.Record{}, fmt.Errorf("%w: %s: %s", api.ErrIncompatible, d.ID, why)
+	}
+	return s.assigner.Update(ctx, d.ID, reportedGen(d), func(models map[string]desired.Model) error {
+		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size, Bake: desired.Duration(bake), Carousel: carousel}
+		if models[rec.Name] == nm {
+			return assign.ErrUnchanged
+		}
+		models[rec.Name] = nm
+		return nil
+	})
+}
+
+func (s *desiredService) AssignDevice(ctx context.Context, device string, rec bundles.Record, bake time.Duration, by string) (any, error) {
+	d, err := s.reg.Get(device)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.bundles.Manifest(ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	r, err := s.assign(ctx, d, rec, m, bake, false)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("bundle assigned", "device", device, "bundle", rec.ID, "ref", rec.Ref(), "by", by)
+	return r.State, nil
+}
+
+// GroupAssignment is the answer to a group assignment.
+type GroupAssignment struct {
+	Group    string   `json:"group"`
+	Bundle   string   `json:"bundle"`
+	Assigned []string `json:"assigned"`
+	Refused  []string `json:"refused"`
+	Carousel bool     `json:"carousel"`
+}
+
+func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bundles.Record, bake time.Duration, by string) (any, error) {
+	if err := fleet.CheckGroup(group); err != nil {
+		return nil, err
+	}
+	m, err := s.bundles.Manifest(ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	err = s.st.Update(ctx, func(tx store.Tx) error {
+		g := GroupRecord{Name: group}
+		if err := store.GetJSON(tx, bucketGroups, group, &g); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		if g.Baseline == nil {
+			g.Baseline = map[string]string{}
+		}
+		g.Baseline[rec.Name], g.By, g.At = rec.ID, by, time.Now().UTC()
+		return store.PutJSON(tx, bucketGroups, group, g)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("record group baseline: %w", err)
+	}
+	devs := s.reg.List(fleet.Filter{Group: group})
+	out := GroupAssignment{Group: group, Bundle: rec.ID, Assigned: []string{}, Refused: []string{}}
+	out.Carousel = s.carouselMin > 0 && len(devs) >= s.carouselMin
+	for _, d := range devs {
+		if _, err := s.assign(ctx, d, rec, m, bake, out.Carousel); err != nil {
+			out.Refused = append(out.Refused, err.Error())
+			continue
+		}
+		out.Assigned = append(out.Assigned, d.ID)
+	}
+	if out.Carousel {
+		s.startCarousel(rec.ID)
+	}
+	s.log.Info("bundle assigned to group", "group", group, "bundle", rec.ID, "ref", rec.Ref(), "devices", len(out.Assigned), "refused", len(out.Refused), "carousel", out.Carousel, "by", by)
+	return out, nil
+}
+
+// startCarousel broadcasts a bundle once, after a pause that lets the wave's devices receive their
+// desired state and subscribe to the carousel.
+func (s *desiredService) startCarousel(id string) {
+	s.mu.Lock()
+	if t, ok := s.carousel[id]; ok && time.Since(t) < time.Minute {
+		s.mu.Unlock()
+		return
+	}
+	s.carousel[id] = time.Now()
+	s.mu.Unlock()
+	go func() {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-s.ctx.Done():
+			return
+		}
+		if err := s.blocks.Carousel(s.ctx, id); err != nil && s.ctx.Err() == nil {
+			s.log.Warn("carousel stopped; devices pull what they miss", "bundle", id, "err", err)
+		}
+	}()
+}
+
+func (s *desiredService) Get(ctx context.Context, device string) (any, error) {
+	r, err := s.assigner.Get(ctx, device)
+	if err != nil {
+		return nil, err
+	}
+	return r.State, nil
+}
+
+// allowed: a device may fetch exactly the bundles its desired state names.
+func (s *desiredService) allowed(device, bundleID string) bool {
+	r, err := s.assigner.Get(s.ctx, device)
+	if err != nil {
+		return false
+	}
+	for _, m := range r.State.Models {
+		if m.Bundle == bundleID {
+			return true
+		}
+	}
+	return false
+}
+
+// onReported keeps a device converged: republish when it reports an older generation, and give a
+// device its group's baseline for models it has nothing desired for (it joined the group later).
+func (s *desiredService) onReported(ctx context.Context, device string) {
+	d, err := s.reg.Get(device)
+	if err != nil {
+		return
+	}
+	s.assigner.OnReported(ctx, device, reportedGen(d))
+	var g GroupRecord
+	if err := s.st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketGroups, d.Group, &g) }); err != nil {
+		return
+	}
+	cur, _ := s.assigner.Get(ctx, device)
+	for model, id := range g.Baseline {
+		if _, ok := cur.State.Models[model]; ok {
+			continue
+		}
+		rec, err := s.bundles.Get(ctx, id)
+		if err != nil {
+			continue
+		}
+		m, err := s.bundles.Manifest(ctx, id)
+		if err != nil {
+			continue
+		}
+		if _, err := s.assign(ctx, d, rec, m, 0, false); err != nil {
+			s.log.Warn("device cannot take its group's baseline", "device", device, "group", d.Group, "bundle", id, "err", err)
+		}
+	}
+}

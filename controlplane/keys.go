@@ -1,0 +1,86 @@
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/sign"
+	"github.com/edgefleet/edgefleet/ota/trust"
+)
+
+// keySet is what the control plane signs with and trusts.
+type keySet struct {
+	control       *sign.Signer
+	trust         *trust.Store
+	trustEnvelope []byte
+}
+
+func (k *keySet) releaseVerifiers() []bundle.Verifier {
+	var out []bundle.Verifier
+	for _, v := range k.trust.ReleaseVerifiers() {
+		out = append(out, v)
+	}
+	return out
+}
+
+// loadKeys reads the control key (generating DATA/control.key and control.pub on first start) and
+// the release keys from --trust files and folders or from a trust document.
+func loadKeys(ctx context.Context, cfg Config) (*keySet, error) {
+	ks := &keySet{}
+	path := cfg.ControlKey
+	if path == "" {
+		path = filepath.Join(cfg.DataDir, "control.key")
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			if _, err := sign.GenerateKeyFiles(path, filepath.Join(cfg.DataDir, "control.pub"), sign.ECDSAP256); err != nil {
+				return nil, fmt.Errorf("generate control key: %w", err)
+			}
+		}
+	}
+	s, err := sign.LoadSigner(path)
+	if err != nil {
+		return nil, fmt.Errorf("control key: %w", err)
+	}
+	ks.control = s
+	if cfg.ControlKey != "" {
+		// Devices pinned by flag need the public half next to the data.
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, "control.pub"), s.PublicKeyPEM(), 0o644); err != nil {
+			return nil, fmt.Errorf("write control.pub: %w", err)
+		}
+	}
+	if cfg.TrustDoc != "" {
+		env, err := os.ReadFile(cfg.TrustDoc)
+		if err != nil {
+			return nil, fmt.Errorf("read trust document: %w", err)
+		}
+		st, err := trust.Restore(ctx, env)
+		if err != nil {
+			return nil, fmt.Errorf("trust document %s: %w", cfg.TrustDoc, err)
+		}
+		ks.trust, ks.trustEnvelope = st, env
+		return ks, nil
+	}
+	var release []*sign.Verifier
+	for _, p := range cfg.TrustKeys {
+		files := []string{p}
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			files, _ = filepath.Glob(filepath.Join(p, "*.pub"))
+			if len(files) == 0 {
+				return nil, fmt.Errorf("--trust %s: folder holds no .pub files", p)
+			}
+		}
+		for _, f := range files {
+			v, err := sign.LoadVerifier(f)
+			if err != nil {
+				return nil, fmt.Errorf("--trust %s: %w", f, err)
+			}
+			release = append(release, v)
+		}
+	}
+	ks.trust = trust.NewPinned(release, []*sign.Verifier{s.Verifier()})
+	return ks, nil
+}
+

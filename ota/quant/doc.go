@@ -1,0 +1,15 @@
+// Package quant turns a float32 ONNX model into an int8 one for edge devices and proves, in ONNX
+// Runtime, that the int8 model still gives the float model's answers.
+//
+// It owns: reading models (weights stored as initializers or as Constant nodes, in subgraphs
+// too, and external tensor data), static Q/DQ quantization calibrated on reference samples
+// (per-channel symmetric int8 weights, asymmetric activations, min-max or percentile ranges) laid
+// out so that ORT fuses it into QLinearConv/QGemm/QLinearMatMul, dynamic MatMulInteger
+// quantization for MatMul-heavy models, the list of what was skipped and why, and the accuracy
+// gate (Evaluate, Gate) that compares a quantized model — ours or one made elsewhere — with its
+// float parent: agreement, error figures, sizes, latency and the kernels ORT actually ran.
+//
+// It must not: know about bundles, manifests or the fleet (ota/bundle and the control plane call
+// it and record its Result and Report), import onnxruntime_go directly (internal/onnxrt is the one
+// wrapper), or write files other than ORT's profile in a temporary folder.
+package quant

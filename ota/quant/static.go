@@ -1,0 +1,366 @@
+package quant
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sort"
+
+	"github.com/edgefleet/edgefleet/internal/onnxpb"
+)
+
+// candidate is a node whose weight is quantized, with the activations around it.
+type candidate struct {
+	n       *onnxpb.NodeProto
+	x       string // activation input
+	wIdx    int
+	w       *weight
+	wv      []float32
+	axis    int // per-channel axis of the weight
+	biasIdx int // -1 when the node has no bias input to quantize
+	bv      []float32
+	// out is the tensor quantized after the node: its own output, or the output of a Relu or
+	// Clip(0, x) that is its only consumer. ORT removes such an activation when the Q after it
+	// has the zero point at the bottom of the range, then fuses DQ->Conv->Q into QLinearConv;
+	// a Q between Conv and Relu would leave an unfused DQ->Relu->Q in float.
+	out string
+}
+
+// nodeName names a node for reports, falling back to its first output.
+func nodeName(n *onnxpb.NodeProto) string {
+	if n.GetName() != "" {
+		return n.GetOpType() + " " + n.GetName()
+	}
+	if len(n.GetOutput()) > 0 {
+		return n.GetOpType() + " ->" + n.GetOutput()[0]
+	}
+	return n.GetOpType()
+}
+
+// quantizable op types and what makes an input a weight.
+var weightOps = map[string]bool{"Conv": true, "MatMul": true, "Gemm": true}
+
+// pick decides whether node n can be quantized and, if not, returns why.
+func pick(md *model, n *onnxpb.NodeProto, minElements int) (*candidate, string) {
+	if n.GetDomain() != "" && n.GetDomain() != "ai.onnx" {
+		return nil, "custom domain"
+	}
+	in := n.GetInput()
+	if len(in) < 2 {
+		return nil, "fewer than 2 inputs"
+	}
+	if _, _, isConst := md.constFloat(in[0]); isConst || md.weights[in[0]] != nil {
+		return nil, "first input is a constant; only activation x constant-weight products are quantized"
+	}
+	w, wv, ok := md.constFloat(in[1])
+	if !ok {
+		if md.weights[in[1]] == nil {
+			return nil, "weight input is computed at run time (activation x activation product is left float)"
+		}
+		return nil, "weight is not a FLOAT constant"
+	}
+	if len(wv) < minElements {
+		return nil, fmt.Sprintf("weight has %d elements, fewer than MinElements %d", len(wv), minElements)
+	}
+	c := &candidate{n: n, x: in[0], wIdx: 1, w: w, wv: wv, biasIdx: -1}
+	dims := w.t.GetDims()
+	switch n.GetOpType() {
+	case "Conv":
+		if len(dims) < 3 {
+			return nil, fmt.Sprintf("Conv weight of rank %d", len(dims))
+		}
+		c.axis = 0
+	case "MatMul":
+		if len(dims) != 2 {
+			return nil, fmt.Sprintf("MatMul weight of rank %d (only 2-D weights get per-column scales)", len(dims))
+		}
+		c.axis = 1
+	case "Gemm":
+		if attrInt(n, "transA", 0) != 0 {
+			return nil, "Gemm with transA"
+		}
+		if attrFloat(n, "alpha", 1) != 1 || attrFloat(n, "beta", 1) != 1 {
+			return nil, "Gemm with alpha or beta other than 1"
+		}
+		if attrInt(n, "transB", 0) != 0 {
+			c.axis = 0 // B is [N, K]: output channels on axis 0
+		} else {
+			c.axis = 1
+		}
+	}
+	if len(in) > 2 && in[2] != "" {
+		_, bv, ok := md.constFloat(in[2])
+		channels := int(dims[c.axis])
+		if !ok || len(bv) != channels || len(md.weights[in[2]].t.GetDims()) != 1 {
+			return nil, "bias is not a 1-D FLOAT constant with one value per output channel"
+		}
+		c.biasIdx, c.bv = 2, bv
+	}
+	return c, ""
+}
+
+// removableActivation returns the output of a Relu or Clip(min 0) that is the only consumer of
+// t, or "".
+func removableActivation(md *model, t string) string {
+	g := md.main
+	if g.isOutput(t) || g.readsImplicitly(t) {
+		return ""
+	}
+	cons := g.consumers(t)
+	if len(cons) != 1 || len(cons[0].GetOutput()) != 1 {
+		return ""
+	}
+	a := cons[0]
+	switch a.GetOpType() {
+	case "Relu":
+		return a.GetOutput()[0]
+	case "Clip":
+		lo := float32(math.Inf(-1))
+		if hasAttr(a, "min") {
+			lo = attrFloat(a, "min", 0)
+		} else if len(a.GetInput()) > 1 && a.GetInput()[1] != "" {
+			if _, v, ok := md.constFloat(a.GetInput()[1]); ok && len(v) == 1 {
+				lo = v[0]
+			}
+		}
+		if lo == 0 {
+			return a.GetOutput()[0]
+		}
+	}
+	return ""
+}
+
+func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) error {
+	if len(opts.Samples) == 0 {
+		return ErrNoSamples
+	}
+	res.FoldedBatchNorms = foldBatchNorm(md)
+
+	var cands []*candidate
+	for _, gr := range md.graphs {
+		for _, n := range gr.g.GetNode() {
+			op := n.GetOpType()
+			switch {
+			case weightOps[op] && gr != md.main:
+				res.Skipped = append(res.Skipped, Skip{Node: nodeName(n), Tensor: input(n, 1),
+					Reason: "inside an If/Loop/Scan subgraph: calibration cannot observe a subgraph's activations, so static Q/DQ cannot be placed (dynamic mode can handle MatMul/Gemm there)"})
+			case weightOps[op]:
+				c, why := pick(md, n, opts.MinElements)
+				if c == nil {
+					res.Skipped = append(res.Skipped, Skip{Node: nodeName(n), Tensor: input(n, 1), Reason: why})
+					continue
+				}
+				cands = append(cands, c)
+			case op == "ConvTranspose" || op == "LSTM" || op == "GRU" || op == "RNN":
+				res.Skipped = append(res.Skipped, Skip{Node: nodeName(n), Tensor: input(n, 1),
+					Reason: op + " stays float: only Conv, MatMul and Gemm are quantized (the ops ORT fuses from Q/DQ on every CPU)"})
+			}
+		}
+	}
+	if len(cands) == 0 {
+		reportWeights(md, opts, res, nil)
+		return nil
+	}
+
+	// The tensors to calibrate: every candidate's input and (post-activation) output.
+	var acts []string
+	seen := map[string]bool{}
+	addAct := func(t string) {
+		if !seen[t] {
+			seen[t] = true
+			acts = append(acts, t)
+		}
+	}
+	for _, c := range cands {
+		c.out = c.n.GetOutput()[0]
+		if a := removableActivation(md, c.out); a != "" {
+			c.out = a
+		}
+		addAct(c.x)
+		addAct(c.out)
+	}
+	observeNames := append(append([]string(nil), acts...), needsRanks(md)...)
+	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
+	if err != nil {
+		return err
+	}
+	ranks := map[string]int{}
+	for name, o := range obs {
+		ranks[name] = o.rank
+	}
+	if _, err := upgradeOpset(md, ranks); err != nil {
+		return err
+	}
+
+	type qp struct {
+		scale float32
+		zp    int
+	}
+	params := map[string]qp{}
+	res.Activations = map[string][2]float32{}
+	for _, t := range acts {
+		o := obs[t]
+		if o == nil {
+			return fmt.Errorf("quant: calibration did not observe %q (not a FLOAT tensor?)", t)
+		}
+		lo, hi := o.rangeOf(opts.Calibration, opts.Percentile)
+		s, z := activationParams(lo, hi, opts.Int8Activations)
+		params[t] = qp{s, z}
+		res.Activations[t] = [2]float32{lo, hi}
+	}
+
+	g := md.main
+	var front []*onnxpb.NodeProto // weight DQs and graph-input Q/DQs
+	after := map[string][]*onnxpb.NodeProto{}
+	dq := map[string]string{} // activation -> its dequantized name
+	for _, t := range acts {
+		p := params[t]
+		sName, zName := md.fresh(t+"_scale"), md.fresh(t+"_zero_point")
+		qName, dqName := md.fresh(t+"_quantized"), md.fresh(t+"_dequantized")
+		g.g.Initializer = append(g.g.Initializer, floatTensor(sName, nil, []float32{p.scale}))
+		if opts.Int8Activations {
+			g.g.Initializer = append(g.g.Initializer, int8Tensor(zName, nil, []int8{int8(p.zp)}))
+		} else {
+			g.g.Initializer = append(g.g.Initializer, uint8Tensor(zName, nil, []uint8{uint8(p.zp)}))
+		}
+		nodes := []*onnxpb.NodeProto{
+			node("QuantizeLinear", qName, []string{t, sName, zName}, []string{qName}),
+			node("DequantizeLinear", dqName, []string{qName, sName, zName}, []string{dqName}),
+		}
+		dq[t] = dqName
+		if g.isInput(t) {
+			front = append(front, nodes...)
+		} else {
+			after[t] = nodes
+		}
+	}
+	// Every reader of a quantized activation now reads its Q->DQ copy. A graph output keeps its
+	// float value, and subgraphs keep reading the float name: they are not calibrated.
+	for _, n := range g.g.GetNode() {
+		for i, in := range n.GetInput() {
+			if d, ok := dq[in]; ok {
+				md.setInput(n, i, d)
+			}
+		}
+	}
+	for _, c := range cands {
+		dims := c.w.t.GetDims()
+		q, scales, relErr := quantizeWeights(c.wv, dims, c.axis)
+		base := c.w.name
+		qName, sName, zName, dqName := md.fresh(base+"_quantized"), md.fresh(base+"_scale"), md.fresh(base+"_zero_point"), md.fresh(base+"_dequantized")
+		g.g.Initializer = append(g.g.Initializer,
+			int8Tensor(qName, dims, q),
+			floatTensor(sName, []int64{int64(len(scales))}, scales),
+			int8Tensor(zName, []int64{int64(len(scales))}, make([]int8, len(scales))))
+		front = append(front, node("DequantizeLinear", dqName, []string{qName, sName, zName}, []string{dqName}, intAttr("axis", int64(c.axis))))
+		md.setInput(c.n, c.wIdx, dqName)
+		md.removeIfUnused(c.w.name)
+		res.WeightErrors = append(res.WeightErrors, LayerErr{Layer: nodeName(c.n), Tensor: c.w.name, RelErr: relErr, Source: "weight"})
+
+		if c.biasIdx >= 0 {
+			// Bias in int32 with scale x_scale * w_scale: exactly what QLinearConv/QGemm add to
+			// their int32 accumulators, so the fused kernel needs no float bias pass.
+			xs := params[c.x].scale
+			bq := make([]int32, len(c.bv))
+			bs := make([]float32, len(c.bv))
+			clamped := 0
+			for i, b := range c.bv {
+				bs[i] = xs * scales[i]
+				v := math.RoundToEven(float64(b) / float64(bs[i]))
+				if v > math.MaxInt32 || v < math.MinInt32 {
+					clamped++
+					v = math.Max(math.MinInt32, math.Min(math.MaxInt32, v))
+				}
+				bq[i] = int32(v)
+			}
+			bName := c.n.GetInput()[c.biasIdx]
+			if clamped > 0 {
+				res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: bName,
+					Reason: fmt.Sprintf("%d bias values overflow int32 at scale x_scale*w_scale and were clamped", clamped)})
+			}
+			bqName, bsName, bzName, bdqName := md.fresh(bName+"_quantized"), md.fresh(bName+"_scale"), md.fresh(bName+"_zero_point"), md.fresh(bName+"_dequantized")
+			g.g.Initializer = append(g.g.Initializer,
+				int32Tensor(bqName, []int64{int64(len(bq))}, bq),
+				floatTensor(bsName, []int64{int64(len(bs))}, bs),
+				int32Tensor(bzName, []int64{int64(len(bs))}, make([]int32, len(bs))))
+			front = append(front, node("DequantizeLinear", bdqName, []string{bqName, bsName, bzName}, []string{bdqName}, intAttr("axis", 0)))
+			md.setInput(c.n, c.biasIdx, bdqName)
+			md.removeIfUnused(bName)
+		}
+		res.Quantized = append(res.Quantized, nodeName(c.n))
+	}
+	nodes := append([]*onnxpb.NodeProto(nil), front...)
+	for _, n := range g.g.GetNode() {
+		nodes = append(nodes, n)
+		for _, o := range n.GetOutput() {
+			nodes = append(nodes, after[o]...)
+		}
+	}
+	g.g.Node = nodes
+	act := "u8s8"
+	if opts.Int8Activations {
+		act = "s8s8"
+	}
+	cal := opts.Calibration.String()
+	if opts.Calibration == Percentile {
+		cal = fmt.Sprintf("percentile %g", opts.Percentile)
+	}
+	res.Method = fmt.Sprintf("static-qdq %s per-channel %s opset %d", act, cal, onnxpb.Opset(md.m))
+	reportWeights(md, opts, res, nil)
+	return nil
+}
+
+func input(n *onnxpb.NodeProto, i int) string {
+	if i < len(n.GetInput()) {
+		return n.GetInput()[i]
+	}
+	return ""
+}
+
+// reportWeights adds a Skip for every float weight still in the model that no Skip names yet,
+// saying why it stayed float, and one line per non-float constant kind. created lists names this
+// package minted (scales, zero points), which are not skips.
+func reportWeights(md *model, opts Options, res *Result, _ map[string]bool) {
+	named := map[string]bool{}
+	for _, s := range res.Skipped {
+		named[s.Tensor] = true
+	}
+	readers := map[string][]string{}
+	for _, gr := range md.graphs {
+		for _, n := range gr.g.GetNode() {
+			for _, in := range n.GetInput() {
+				readers[in] = append(readers[in], n.GetOpType())
+			}
+		}
+	}
+	var names []string
+	for name := range md.weights {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		w := md.weights[name]
+		if named[name] {
+			continue
+		}
+		dt := onnxpb.TensorProto_DataType(w.t.GetDataType())
+		var why string
+		switch {
+		case dt == onnxpb.TensorProto_INT8 || dt == onnxpb.TensorProto_UINT8 || dt == onnxpb.TensorProto_INT32:
+			continue // written by this package
+		case dt != onnxpb.TensorProto_FLOAT:
+			why = fmt.Sprintf("%s constant: shapes, indices and integer data are never quantized", dt)
+		case numElements(w.t) < int64(opts.MinElements):
+			why = fmt.Sprintf("%d elements < MinElements %d (scalars, epsilons, small biases: nothing to save, accuracy to lose)", numElements(w.t), opts.MinElements)
+		default:
+			why = fmt.Sprintf("feeds %v, which stays float", dedupe(sortedCopy(readers[name])))
+		}
+		res.Skipped = append(res.Skipped, Skip{Tensor: name, Reason: why})
+	}
+}
+
+func sortedCopy(s []string) []string {
+	c := append([]string(nil), s...)
+	sort.Strings(c)
+	return c
+}
