@@ -12,8 +12,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,6 +39,24 @@ type Config struct {
 	Prefix            string
 	TelemetryInterval time.Duration
 	Logger            *slog.Logger
+
+	// TrustKeys are release public keys (bundle signatures); ControlKey the control plane's
+	// public key (desired-state signatures). Without them everything is refused.
+	TrustKeys  []string
+	ControlKey string
+	// Listen is the local inference API address ("" = none).
+	Listen         string
+	ORTLib         string
+	EP             string
+	IntraOpThreads int
+	// MemoryReserve is kept free when checking memory for a second session.
+	MemoryReserve uint64
+	// StallTimeout abandons a download that makes no progress for this long.
+	StallTimeout time.Duration
+	// Faults returns an injected inference error rate per model version (tests, simulations).
+	Faults func(name, version string) float64
+	// CrashAt kills the process right after the install lifecycle persists this step (crash tests).
+	CrashAt string
 }
 
 // Agent is one running device agent.
@@ -49,7 +70,19 @@ type Agent struct {
 	state     persisted
 	client    paho.Client
 	connected bool
+
+	ota    *otaState
+	runCtx context.Context
+	// Ready is closed once installed models are loaded and the local API listens.
+	Ready chan struct{}
+	// ListenAddr is the local API's address once Ready.
+	ListenAddr string
 }
+
+type (
+	pahoClient  = paho.Client
+	pahoMessage = paho.Message
+)
 
 // persisted is the agent's small durable state, written atomically before it is used, so a
 // session number or a telemetry sequence number is never issued twice.
@@ -84,7 +117,7 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data folder: %w", err)
 	}
-	a := &Agent{cfg: cfg, topics: wire.NewTopics(cfg.Prefix), log: cfg.Logger.With("device", cfg.ID)}
+	a := &Agent{cfg: cfg, topics: wire.NewTopics(cfg.Prefix), log: cfg.Logger.With("device", cfg.ID), Ready: make(chan struct{})}
 	b, err := os.ReadFile(filepath.Join(cfg.DataDir, stateFile))
 	switch {
 	case err == nil:
@@ -107,12 +140,61 @@ func (a *Agent) saveLocked() error {
 // disconnects cleanly.
 func (a *Agent) Run(ctx context.Context) error {
 	a.host = telemetry.CollectHostFacts(ctx, a.cfg.DataDir)
+	if err := a.initOTA(ctx); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	if a.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", a.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("local inference API on %s: %w", a.cfg.Listen, err)
+		}
+		a.ListenAddr = ln.Addr().String()
+		srv := &http.Server{Handler: a.ota.server.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() { defer wg.Done(); srv.Serve(ln) }()
+		go func() {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+		}()
+		a.log.Info("local inference API listening", "addr", a.ListenAddr)
+	}
+	a.runCtx = ctx
+	a.ota.mu.Lock()
+	for _, u := range a.ota.updaters {
+		wg.Add(1)
+		go func() { defer wg.Done(); u.Run(ctx) }()
+	}
+	a.ota.mu.Unlock()
+	close(a.Ready)
+	wg.Add(2)
 	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
+	go func() { defer wg.Done(); a.reportLoop(ctx) }()
 	err := a.sessionLoop(ctx)
 	wg.Wait()
 	return err
+}
+
+// reportLoop publishes reported state when something changed, at most every 200 ms, so a burst
+// of lifecycle steps becomes one retained update.
+func (a *Agent) reportLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.ota.reportReq:
+		}
+		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-a.ota.reportReq:
+		default:
+		}
+		if err := a.publishReported(ctx); err != nil && ctx.Err() == nil {
+			a.log.Debug("reported state not published; it goes out on reconnect", "err", err)
+		}
+	}
 }
 
 func (a *Agent) sessionLoop(ctx context.Context) error {
@@ -193,7 +275,13 @@ func (a *Agent) connect(ctx context.Context) (<-chan error, error) {
 		a.topics.Cmd(a.cfg.ID):     1,
 		a.topics.Status(a.cfg.ID):  1,
 		a.topics.Trust():           1,
+		a.topics.Blocks(a.cfg.ID):  0,
 	}
+	a.ota.mu.Lock()
+	for id := range a.ota.carousels {
+		subs[a.topics.Carousel(id)] = 0
+	}
+	a.ota.mu.Unlock()
 	st := c.SubscribeMultiple(subs, func(_ paho.Client, m paho.Message) { a.onMessage(m.Topic(), m.Payload()) })
 	if err := waitToken(ctx, st); err != nil {
 		c.Disconnect(0)
@@ -277,7 +365,15 @@ func (a *Agent) onMessage(topic string, payload []byte) {
 			a.log.Info("replacing a stale offline status left by an earlier session", "stale_session", s.Session, "session", session)
 			go a.publishStatus(context.Background(), c, session)
 		}
+	case a.topics.Desired(a.cfg.ID):
+		a.handleDesired(context.Background(), payload)
+	case a.topics.Blocks(a.cfg.ID):
+		a.ota.fetcher.OnFrame(payload)
 	default:
+		if strings.HasSuffix(topic, "/carousel") {
+			a.ota.fetcher.OnFrame(payload)
+			return
+		}
 		a.log.Debug("message not handled yet", "topic", topic, "bytes", len(payload))
 	}
 }
@@ -287,9 +383,10 @@ func (a *Agent) publishReported(ctx context.Context) error {
 	if c == nil {
 		return errors.New("not connected")
 	}
+	models, gen, refused := a.modelReports()
 	rep := wire.Reported{
 		Device: a.cfg.ID, AgentVersion: cli.Version, Session: session, Group: a.cfg.Group, Labels: a.cfg.Labels,
-		Host: a.host, Models: map[string]wire.ModelReport{}, At: time.Now().UTC(),
+		Host: a.host, Runtime: a.ota.runtime, Generation: gen, DesiredError: refused, Models: models, At: time.Now().UTC(),
 	}
 	b, err := json.Marshal(rep)
 	if err != nil {

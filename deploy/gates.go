@@ -43,8 +43,9 @@ type Gates struct {
 	MinSamples *int `json:"min_samples,omitempty"`
 	// Evaluations: the fixed number of looks per stage, spread evenly over the bake. Default 3.
 	Evaluations *int `json:"evaluations,omitempty"`
-	// Alpha: the false-alarm probability each gate may spend per stage, split evenly across the
-	// looks (Bonferroni). Default 0.05. An extension of INTERFACE.md's list.
+	// Alpha: the false-alarm probability of the whole rollout on a good release, split evenly
+	// (Bonferroni) across stages, looks and the gates under test. Default 0.05. An extension of
+	// INTERFACE.md's list; a stage's own value counts for that stage's share.
 	Alpha *float64 `json:"alpha,omitempty"`
 }
 
@@ -256,8 +257,8 @@ type Metrics struct {
 	PerDevice map[string]BeforeAfter `json:"per_device,omitempty"`
 }
 
-// EvaluateModel runs the model-aware gates once, at level alpha (the caller passes the per-look
-// share). The order of the results is fixed so decision logs diff well.
+// EvaluateModel runs the model-aware gates once, each test at level alpha (Step passes
+// alpha / (stages * evaluations * gates under test)). The order of the results is fixed so decision logs diff well.
 func EvaluateModel(g Gates, m Metrics, alpha float64) []GateResult {
 	l := g.limits()
 	out := make([]GateResult, 0, 8)

@@ -93,10 +93,12 @@ type StageProgress struct {
 	StartedAt time.Time `json:"started_at,omitzero"`
 	// BakeStart is when every device of the stage had finished installing; the metrics window and
 	// the looks count from it. Zero while installs are under way.
-	BakeStart  time.Time `json:"bake_start,omitzero"`
-	Looks      int       `json:"looks"`
-	LastLookAt time.Time `json:"last_look_at,omitzero"`
-	Passed     bool      `json:"passed,omitempty"`
+	BakeStart time.Time `json:"bake_start,omitzero"`
+	// Looks is the number of looks every gate has spent; GateLooks counts them per gate.
+	Looks      int            `json:"looks"`
+	GateLooks  map[string]int `json:"gate_looks,omitempty"`
+	LastLookAt time.Time      `json:"last_look_at,omitzero"`
+	Passed     bool           `json:"passed,omitempty"`
 }
 
 // Rollout is the persisted state of one rollout. The control plane stores it whole after every
@@ -271,6 +273,7 @@ func (r *Rollout) Resume(now time.Time, by string) ([]Action, error) {
 	r.PausedFrom = ""
 	r.Stages[r.Stage].BakeStart = time.Time{}
 	r.Stages[r.Stage].Looks = 0
+	r.Stages[r.Stage].GateLooks = nil
 	r.Stages[r.Stage].LastLookAt = time.Time{}
 	return r.decide(now, ActResume, "resumed by operator", nil, by), nil
 }

@@ -190,7 +190,7 @@ func (s *sim) observe(r *Rollout) Observation {
 		obs.Devices[id] = DeviceState{Online: d.online, Bundle: d.bundle, Install: d.install, SwitchedAt: d.at}
 	}
 	q := r.Cohorts()
-	if q.Since.IsZero() || len(q.Canary) == 0 {
+	if q.Since.IsZero() || len(q.Canary) == 0 || !s.lookDue(r) {
 		return obs
 	}
 	secs := s.now.Sub(q.Since).Seconds()
@@ -204,6 +204,24 @@ func (s *sim) observe(r *Rollout) Observation {
 		obs.Metrics.PerDevice[id] = BeforeAfter{Before: s.window(one, false, per), After: s.window(one, true, per)}
 	}
 	return obs
+}
+
+// lookDue mirrors Step's schedule so the sim draws metrics only when a look will read them: the
+// draws are what makes the measurements slow, and Step ignores metrics between looks.
+func (s *sim) lookDue(r *Rollout) bool {
+	if r.State != Running {
+		return false
+	}
+	p := r.Stages[r.Stage]
+	l := r.Spec.StageGates(r.Stage).limits()
+	bake := r.Spec.Stages[r.Stage].Bake.D()
+	for _, g := range modelGates {
+		k := p.GateLooks[g]
+		if k < l.evaluations && !s.now.Before(p.BakeStart.Add(bake*time.Duration(k+1)/time.Duration(l.evaluations))) {
+			return true
+		}
+	}
+	return false
 }
 
 // run drives a rollout with a ticker until it ends or limit passes.

@@ -76,6 +76,17 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	labels := fs.String("labels", "", "labels k=v,k2=v2 for first registration")
 	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
 	interval := fs.Duration("telemetry-interval", 60e9, "how often to send health telemetry")
+	var trustKeys, faults cli.Strings
+	fs.Var(&trustKeys, "trust", "release public key whose bundles this device accepts; repeatable")
+	controlKey := fs.String("control-key", "", "the control plane's public key (DATA/control.pub there) that signs desired states")
+	listen := fs.String("listen", "127.0.0.1:8181", "local inference API (Open Inference Protocol) address; empty to disable")
+	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: $EDGEFLEET_ORT_LIB or the cache of scripts/fetch-ort.sh)")
+	ep := fs.String("ep", "cpu", "execution provider: cpu, cuda or tensorrt (falls back to cpu, loudly, when unavailable)")
+	threads := fs.Int("intra-op-threads", 1, "ONNX Runtime threads per session")
+	reserve := fs.Uint64("memory-reserve", 64<<20, "bytes of memory kept free when checking room for a second session")
+	stall := fs.Duration("stall-timeout", 60e9, "abandon a download that makes no progress for this long (retried with backoff)")
+	fs.Var(&faults, "fault", "inject a fault for testing, e.g. 'bundle=NAME@VERSION,errors=0.5'; repeatable")
+	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
@@ -96,8 +107,18 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	var fl []agent.Fault
+	for _, f := range faults {
+		pf, err := agent.ParseFault(f)
+		if err != nil {
+			return err
+		}
+		fl = append(fl, pf)
+	}
 	a, err := agent.New(agent.Config{
 		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
+		TrustKeys: trustKeys, ControlKey: *controlKey, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
+		MemoryReserve: *reserve, StallTimeout: *stall, Faults: agent.ErrorRate(fl), CrashAt: *crashAt,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})
 	if err != nil {

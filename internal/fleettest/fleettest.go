@@ -211,7 +211,7 @@ type Agent struct {
 func StartAgent(t testing.TB, brokerURL, id, group string, extra ...string) *Agent {
 	t.Helper()
 	a := &Agent{ID: id, DataDir: filepath.Join(t.TempDir(), id), bin: filepath.Join(Binaries(t), "agent")}
-	a.args = append([]string{"run", "--id", id, "--broker", brokerURL, "--data", a.DataDir, "--group", group, "--telemetry-interval", "2s"}, extra...)
+	a.args = append([]string{"run", "--id", id, "--broker", brokerURL, "--data", a.DataDir, "--group", group, "--telemetry-interval", "2s", "--listen", "127.0.0.1:0"}, extra...)
 	a.Start(t)
 	t.Cleanup(func() { a.Kill(); a.dumpLogOnFailure(t) })
 	return a

@@ -25,14 +25,16 @@ const (
 
 // Reported is the retained document on {p}/devices/{id}/reported.
 type Reported struct {
-	Device       string                 `json:"device"`
-	AgentVersion string                 `json:"agent_version"`
-	Session      uint64                 `json:"session"`
-	Group        string                 `json:"group,omitempty"`
-	Labels       map[string]string      `json:"labels,omitempty"`
-	Host         HostFacts              `json:"host"`
-	Runtime      *RuntimeFacts          `json:"runtime,omitempty"`
-	Generation   uint64                 `json:"generation"`
+	Device       string            `json:"device"`
+	AgentVersion string            `json:"agent_version"`
+	Session      uint64            `json:"session"`
+	Group        string            `json:"group,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Host         HostFacts         `json:"host"`
+	Runtime      *RuntimeFacts     `json:"runtime,omitempty"`
+	Generation   uint64            `json:"generation"`
+	// DesiredError says why the last desired state received was refused ("" when none was).
+	DesiredError string                 `json:"desired_error,omitempty"`
 	Models       map[string]ModelReport `json:"models"`
 	At           time.Time              `json:"at,omitzero"`
 }
@@ -68,6 +70,9 @@ type ModelReport struct {
 	Reason   string `json:"reason,omitempty"`
 	Message  string `json:"message,omitempty"`
 	Rollout  string `json:"rollout,omitempty"`
+	Target   string `json:"target,omitempty"`
+	Progress string `json:"progress,omitempty"`
+	Provider string `json:"execution_provider,omitempty"`
 }
 
 // Telemetry is the envelope of every message on a shard telemetry topic. Seq is the device's

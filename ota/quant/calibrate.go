@@ -20,6 +20,7 @@ const maxKept = 1 << 15
 type observed struct {
 	min, max float32
 	rank     int
+	shape    []int64
 	kept     []float32 // strided subsample, for percentiles
 }
 
@@ -77,7 +78,7 @@ func observe(ctx context.Context, m *onnxpb.ModelProto, names []string, samples 
 		}
 		o := obs[t.Name]
 		if o == nil {
-			o = &observed{min: float32(math.Inf(1)), max: float32(math.Inf(-1)), rank: len(t.Shape)}
+			o = &observed{min: float32(math.Inf(1)), max: float32(math.Inf(-1)), rank: len(t.Shape), shape: t.Shape}
 			obs[t.Name] = o
 		}
 		for _, x := range v {

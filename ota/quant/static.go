@@ -24,6 +24,10 @@ type candidate struct {
 	// has the zero point at the bottom of the range, then fuses DQ->Conv->Q into QLinearConv;
 	// a Q between Conv and Relu would leave an unfused DQ->Relu->Q in float.
 	out string
+	// weightOnly stores the weight as int8 behind a DequantizeLinear and leaves activations float:
+	// the file shrinks, the speed does not change (ORT dequantizes per call, see SETUP.md). Used
+	// where int8 compute gains nothing: convolutions on 1x1 maps, ConvTranspose.
+	weightOnly bool
 }
 
 // nodeName names a node for reports, falling back to its first output.
@@ -38,7 +42,7 @@ func nodeName(n *onnxpb.NodeProto) string {
 }
 
 // quantizable op types and what makes an input a weight.
-var weightOps = map[string]bool{"Conv": true, "MatMul": true, "Gemm": true}
+var weightOps = map[string]bool{"Conv": true, "MatMul": true, "Gemm": true, "ConvTranspose": true}
 
 // pick decides whether node n can be quantized and, if not, returns why.
 func pick(md *model, n *onnxpb.NodeProto, minElements int) (*candidate, string) {
@@ -70,6 +74,13 @@ func pick(md *model, n *onnxpb.NodeProto, minElements int) (*candidate, string) 
 			return nil, fmt.Sprintf("Conv weight of rank %d", len(dims))
 		}
 		c.axis = 0
+	case "ConvTranspose":
+		if len(dims) < 3 {
+			return nil, fmt.Sprintf("ConvTranspose weight of rank %d", len(dims))
+		}
+		// Weights are [C_in, C_out/group, k...]. ORT has no QDQ fusion for ConvTranspose on every
+		// CPU build, so only its weights shrink.
+		c.axis, c.weightOnly = 1, true
 	case "MatMul":
 		if len(dims) != 2 {
 			return nil, fmt.Sprintf("MatMul weight of rank %d (only 2-D weights get per-column scales)", len(dims))
@@ -151,9 +162,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 					continue
 				}
 				cands = append(cands, c)
-			case op == "ConvTranspose" || op == "LSTM" || op == "GRU" || op == "RNN":
+			case op == "LSTM" || op == "GRU" || op == "RNN":
 				res.Skipped = append(res.Skipped, Skip{Node: nodeName(n), Tensor: input(n, 1),
-					Reason: op + " stays float: only Conv, MatMul and Gemm are quantized (the ops ORT fuses from Q/DQ on every CPU)"})
+					Reason: op + " stays float: no int8 kernel for it in ORT's default domain"})
 			}
 		}
 	}
@@ -172,6 +183,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		}
 	}
 	for _, c := range cands {
+		if c.weightOnly {
+			continue
+		}
 		c.out = c.n.GetOutput()[0]
 		if a := removableActivation(md, c.out); a != "" {
 			c.out = a
@@ -183,6 +197,27 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
 	if err != nil {
 		return err
+	}
+	// A Conv on a 1x1 map (the squeeze-excite convolutions of MobileNetV3 after GlobalAveragePool)
+	// costs a few thousand multiply-adds: int8 cannot make it faster, but quantizing its input and
+	// output scales every channel of the block by a rounded factor. Keep their activations float and
+	// store only their weights in int8 (a large share of the bytes in wide SE blocks).
+	kept := cands[:0]
+	for _, c := range cands {
+		if o := obs[c.x]; o != nil && c.n.GetOpType() == "Conv" && len(o.shape) >= 3 && spatial(o.shape) == 1 {
+			c.weightOnly = true
+		}
+		kept = append(kept, c)
+	}
+	cands = kept
+	acts = acts[:0]
+	seen = map[string]bool{}
+	for _, c := range cands {
+		if c.weightOnly {
+			continue
+		}
+		addAct(c.x)
+		addAct(c.out)
 	}
 	ranks := map[string]int{}
 	for name, o := range obs {
@@ -257,6 +292,10 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		md.removeIfUnused(c.w.name)
 		res.WeightErrors = append(res.WeightErrors, LayerErr{Layer: nodeName(c.n), Tensor: c.w.name, RelErr: relErr, Source: "weight"})
 
+		if c.weightOnly {
+			res.Quantized = append(res.Quantized, nodeName(c.n)+" (weights only)")
+			continue
+		}
 		if c.biasIdx >= 0 {
 			// Bias in int32 with scale x_scale * w_scale: exactly what QLinearConv/QGemm add to
 			// their int32 accumulators, so the fused kernel needs no float bias pass.
@@ -363,4 +402,13 @@ func sortedCopy(s []string) []string {
 	c := append([]string(nil), s...)
 	sort.Strings(c)
 	return c
+}
+
+// spatial is the product of the dimensions after batch and channel.
+func spatial(shape []int64) int64 {
+	n := int64(1)
+	for _, d := range shape[2:] {
+		n *= d
+	}
+	return n
 }
