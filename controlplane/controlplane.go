@@ -217,7 +217,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler:           api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, AdminTokenHash: tokenHash, Logger: log}),
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, AdminTokenHash: tokenHash, Logger: log,
+			Metrics: metricsHandler(reg, blocks)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	httpErr := make(chan error, 1)

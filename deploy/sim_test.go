@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -75,6 +76,8 @@ func newSim(seed uint64, groups, archs, perStratum int) *sim {
 	for i := range s.inputRef {
 		s.inputRef[i] = s.rng.NormFloat64()
 	}
+	slices.Sort(s.ref)
+	slices.Sort(s.inputRef)
 	return s
 }
 

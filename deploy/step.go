@@ -292,7 +292,7 @@ func (r *Rollout) stepRunning(now time.Time, obs Observation) (acts []Action, ad
 // data than the one before and their number is fixed whatever the ticker does. A gate that lacks
 // samples does not spend its look (a look without power would let a stage pass on too little
 // evidence), and only a spent look may fail, so the false-alarm budget holds: each test runs at
-// alpha / (S * E * G), S the stages and G the gates under test, which bounds the false alarms of
+// alpha / (S * E * G), S the stages and G the model gates, which bounds the false alarms of
 // the whole rollout on a good release by alpha (Bonferroni over stages, looks and gates). Splitting
 // over looks alone would bound each stage's gate, and 4 stages of 7 gates measured 8% false alarms.
 func (r *Rollout) look(now time.Time, obs Observation, l limits, bake time.Duration) (acts []Action, failedNow bool) {
@@ -318,14 +318,9 @@ func (r *Rollout) look(now time.Time, obs Observation, l limits, bake time.Durat
 		return r.decide(now, ActWait, fmt.Sprintf("baking: look %d of %d", prog.Looks+1, l.evaluations),
 			map[string]any{"due": due(prog.Looks + 1)}, Controller), false
 	}
-	tested := 0
-	probe := EvaluateModel(r.Spec.StageGates(r.Stage), obs.Metrics, 1)
-	for _, g := range probe {
-		if g.Verdict != Skip {
-			tested++
-		}
-	}
-	alpha := l.alpha / float64(len(r.Stages)*l.evaluations*max(tested, 1))
+	// G counts every model gate, skipped or not: a fixed split keeps the level the same at every
+	// look and costs little power, since a skipped gate is mostly the final stage's baseline.
+	alpha := l.alpha / float64(len(r.Stages)*l.evaluations*len(modelGates))
 	results := EvaluateModel(r.Spec.StageGates(r.Stage), obs.Metrics, alpha)
 	var failed, waiting, looked []GateResult
 	for _, g := range results {

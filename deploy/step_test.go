@@ -99,6 +99,7 @@ func TestModelGatesCatchBadRelease(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := newSim(3, 4, 2, 10)
+			s.reqPerSec = 5 // enough traffic that the 2-device canary reaches the samples a 10% shift needs
 			c.setup(s)
 			r := newRollout(t, s, testSpec())
 			s.run(t, r, 10*time.Second, 3*time.Hour)

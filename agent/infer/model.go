@@ -72,6 +72,12 @@ func (m *Model) Run(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, e
 	return out, err
 }
 
+// RunUnfaulted runs the session without injected faults and without counting: the smoke test
+// judges the model, not the simulated field conditions.
+func (m *Model) RunUnfaulted(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
+	return m.sess.Run(ctx, in)
+}
+
 // Schema is the model's inputs and outputs as ONNX Runtime sees them.
 func (m *Model) Schema() onnxrt.Schema { return m.sess.Schema() }
 

@@ -131,10 +131,47 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, carousel bool, verifiers
 	if carousel {
 		idle = f.CarouselIdle
 	}
+	// pending remembers when each block was asked for, so a block in flight is not asked for again
+	// until RequestTimeout says it was lost.
+	type key struct {
+		file string
+		idx  int64
+	}
+	pending := map[key]time.Time{}
 	request := func() error {
-		for _, r := range d.Missing(f.Window) {
-			if err := f.Request(ctx, r); err != nil {
-				return err
+		now := time.Now()
+		inFlight := 0
+		for k, at := range pending {
+			if now.Sub(at) > f.RequestTimeout {
+				delete(pending, k)
+			} else {
+				inFlight++
+			}
+		}
+		room := f.Window - inFlight
+		if room <= 0 {
+			return nil
+		}
+		byFile := map[string][]int64{}
+		var order []string
+		for _, r := range d.Missing(f.Window + inFlight) {
+			for _, i := range r.Blocks {
+				if _, ok := pending[key{r.File, i}]; ok || room == 0 {
+					continue
+				}
+				if _, seen := byFile[r.File]; !seen {
+					order = append(order, r.File)
+				}
+				byFile[r.File] = append(byFile[r.File], i)
+				pending[key{r.File, i}] = now
+				room--
+			}
+		}
+		for _, file := range order {
+			for _, r := range transfer.Coalesce(id, file, byFile[file]) {
+				if err := f.Request(ctx, r); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
@@ -155,6 +192,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, carousel bool, verifiers
 			if fr.File == transfer.HeadManifest || fr.File == transfer.HeadSignature {
 				continue
 			}
+			delete(pending, key{fr.File, fr.Index})
 			fresh, err := d.Put(fr)
 			if err != nil {
 				unexpected++

@@ -536,7 +536,7 @@ func smokeTest(ctx context.Context, dir string, m *infer.Model) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	return g.SmokeTest(ctx, m.Run)
+	return g.SmokeTest(ctx, m.RunUnfaulted)
 }
 
 // bake watches the new model's error ratio until the bake window ends, then commits; too many

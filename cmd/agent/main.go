@@ -76,7 +76,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	labels := fs.String("labels", "", "labels k=v,k2=v2 for first registration")
 	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
 	interval := fs.Duration("telemetry-interval", 60e9, "how often to send health telemetry")
-	var trustKeys, faults cli.Strings
+	var trustKeys cli.Strings
+	var faults cli.List
 	fs.Var(&trustKeys, "trust", "release public key whose bundles this device accepts; repeatable")
 	controlKey := fs.String("control-key", "", "the control plane's public key (DATA/control.pub there) that signs desired states")
 	listen := fs.String("listen", "127.0.0.1:8181", "local inference API (Open Inference Protocol) address; empty to disable")

@@ -32,6 +32,8 @@ type Config struct {
 	Registry Registry
 	Bundles  Bundles
 	Desired  Desired
+	// Metrics serves Prometheus text format (behind the token).
+	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
 	AdminTokenHash [32]byte
 	Logger         *slog.Logger
@@ -62,6 +64,9 @@ func New(cfg Config) http.Handler {
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
 
 	h := &handlers{cfg: cfg}
+	if cfg.Metrics != nil {
+		r.GET("/metrics", h.auth, gin.WrapH(cfg.Metrics))
+	}
 	v1 := r.Group("/api/v1", h.auth)
 	v1.GET("/devices", h.listDevices)
 	v1.GET("/devices/:id", h.getDevice)

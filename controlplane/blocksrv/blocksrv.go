@@ -80,7 +80,9 @@ func New(cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	burst := max(cfg.BytesPerSecond/4, 2<<20)
+	// Small bursts keep the limit true over short windows; a frame larger than the burst (blocks
+	// can be up to 1 MiB) is charged as one whole burst.
+	burst := max(cfg.BytesPerSecond/8, 66<<10)
 	return &Server{cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.BytesPerSecond), burst), queue: make(chan job, cfg.QueueDepth),
 		perDevice: map[string]int64{}, carousels: map[string]bool{}}
 }

@@ -85,3 +85,11 @@ func ParseLabels(s string) (map[string]string, error) {
 	}
 	return out, nil
 }
+
+// List is a repeatable flag whose values may contain commas (e.g. --fault 'a=1,b=2').
+type List []string
+
+func (l *List) String() string { return strings.Join(*l, " ") }
+
+// Set appends one value as given.
+func (l *List) Set(v string) error { *l = append(*l, v); return nil }

@@ -99,6 +99,10 @@ type CPOptions struct {
 	DataDir string       // default t.TempDir()
 	Broker  mqttc.Config // external broker; embedded when empty
 	MQTT    string       // embedded broker address; default a free port
+	// TrustKeys are release public key files the registry accepts.
+	TrustKeys            []string
+	BundleBytesPerSecond int
+	CarouselMin          int
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -112,7 +116,8 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 	}
 	cp := &ControlPlane{t: t, Token: "test-admin-token", Cfg: controlplane.Config{
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
-		AdminToken: "test-admin-token", Logger: Quiet(t),
+		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys,
+		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)

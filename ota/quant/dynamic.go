@@ -43,10 +43,6 @@ func quantizeDynamic(md *model, opts Options, res *Result) error {
 				nodes = append(nodes, n)
 				continue
 			}
-			if op == "MatMul" && len(c.wv) > 0 && len(c.w.t.GetDims()) != 2 {
-				nodes = append(nodes, n)
-				continue
-			}
 			dims := c.w.t.GetDims()
 			wv := c.wv
 			if c.axis == 0 { // Gemm transB: store W as [K, N] for MatMulInteger
@@ -94,7 +90,7 @@ func quantizeDynamic(md *model, opts Options, res *Result) error {
 		gr.g.Node = nodes
 	}
 	res.Method = fmt.Sprintf("dynamic matmulinteger u8s8 per-column opset %d", onnxpb.Opset(md.m))
-	reportWeights(md, opts, res, nil)
+	reportWeights(md, opts, res)
 	return nil
 }
 

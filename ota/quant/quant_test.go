@@ -1,9 +1,13 @@
 package quant
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -326,5 +330,64 @@ func TestActivationParams(t *testing.T) {
 		if zp != c.zp || s <= 0 || math.IsInf(float64(s), 0) {
 			t.Errorf("%v..%v int8=%v: scale %v zp %d, want zp %d", c.lo, c.hi, c.int8Act, s, zp, c.zp)
 		}
+	}
+}
+
+// TestExternalData moves hello_deepa's weights into a side file (data_location EXTERNAL, as
+// models over 2 GiB must) and checks that quantizing it gives the same bytes as the inline model,
+// and that a location escaping the model folder is refused.
+func TestExternalData(t *testing.T) {
+	float := realModel(t, "hello_deepa.onnx")
+	m, err := onnxpb.ReadModel(float)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var blob []byte
+	for _, init := range m.GetGraph().GetInitializer() {
+		if len(init.GetRawData()) < 1024 {
+			continue
+		}
+		off := len(blob)
+		blob = append(blob, init.GetRawData()...)
+		init.RawData = nil
+		init.DataLocation = onnxpb.TensorProto_EXTERNAL.Enum()
+		init.ExternalData = []*onnxpb.StringStringEntryProto{
+			{Key: proto.String("location"), Value: proto.String("weights.bin")},
+			{Key: proto.String("offset"), Value: proto.String(fmt.Sprint(off))},
+			{Key: proto.String("length"), Value: proto.String(fmt.Sprint(len(blob) - off))},
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "weights.bin"), blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ext, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := Quantize(context.Background(), float, Options{Mode: Dynamic})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Quantize(context.Background(), ext, Options{Mode: Dynamic, ModelDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Model, want.Model) {
+		t.Fatalf("external-data model quantized to %d bytes, inline to %d, not identical", len(got.Model), len(want.Model))
+	}
+	if _, err := Quantize(context.Background(), ext, Options{Mode: Dynamic}); err == nil {
+		t.Fatal("external data without ModelDir was accepted")
+	}
+	for _, init := range m.GetGraph().GetInitializer() {
+		for _, kv := range init.GetExternalData() {
+			if kv.GetKey() == "location" {
+				kv.Value = proto.String("../weights.bin")
+			}
+		}
+	}
+	escaping, _ := proto.Marshal(m)
+	if _, err := Quantize(context.Background(), escaping, Options{Mode: Dynamic, ModelDir: dir}); err == nil || !strings.Contains(err.Error(), "inside the model folder") {
+		t.Fatalf("escaping location: %v", err)
 	}
 }

