@@ -2,6 +2,7 @@ package edgefleet_test
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -21,10 +22,12 @@ func TestMakeRunDemo(t *testing.T) {
 	bin := fleettest.Binaries(t)
 	dir := t.TempDir()
 	httpAddr := fleettest.FreeAddr(t)
+	agentAddr := fleettest.FreeAddr(t)
+	agentPort := agentAddr[strings.LastIndex(agentAddr, ":")+1:]
 	cmd := exec.Command("bash", "scripts/run-demo.sh")
 	cmd.Env = append(os.Environ(),
 		"EDGEFLEET_DEMO_DIR="+dir, "EDGEFLEET_DEMO_HTTP="+httpAddr,
-		"EDGEFLEET_DEMO_MQTT="+fleettest.FreeAddr(t), "EDGEFLEET_DEMO_BIN="+bin)
+		"EDGEFLEET_DEMO_MQTT="+fleettest.FreeAddr(t), "EDGEFLEET_DEMO_BIN="+bin, "EDGEFLEET_DEMO_AGENT_PORT="+agentPort)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -67,7 +70,7 @@ wait:
 		}
 	}
 	text := strings.Join(printed, "\n")
-	if !strings.Contains(text, "3 of 3 devices online") || !strings.Contains(text, "curl -s -H") {
+	if !strings.Contains(text, "3 of 3 devices online") || !strings.Contains(text, "3 of 3 serving the demo model") || !strings.Contains(text, "curl -s -H") {
 		t.Fatalf("demo output lacks the online count or the curl hint:\n%s", text)
 	}
 	// The curl line it prints must work: do the same request.
@@ -98,6 +101,27 @@ wait:
 	}
 	if groups["line-a"] != 2 || groups["line-b"] != 1 {
 		t.Fatalf("devices by group: %v (%+v)", groups, body.Devices)
+	}
+	// The predict line it prints must work too.
+	reqBody, err := os.ReadFile(filepath.Join(dir, "demo-request.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	presp, err := http.Post("http://"+agentAddr+"/v2/models/wake/infer", "application/json", bytes.NewReader(reqBody))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pred struct {
+		ID           string `json:"id"`
+		ModelVersion string `json:"model_version"`
+		Outputs      []struct {
+			Data []float64 `json:"data"`
+		} `json:"outputs"`
+	}
+	json.NewDecoder(presp.Body).Decode(&pred)
+	presp.Body.Close()
+	if presp.StatusCode != 200 || pred.ID != "demo-1" || pred.ModelVersion != "1.0.0" || len(pred.Outputs) != 1 || len(pred.Outputs[0].Data) != 1 {
+		t.Fatalf("demo prediction: status %d, %+v", presp.StatusCode, pred)
 	}
 	// Ctrl-C stops everything.
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)

@@ -48,12 +48,15 @@ func maxOpset(ortVersion string) int {
 
 // otaState is the agent's side of delivery and serving.
 type otaState struct {
-	mu       sync.Mutex
-	accepted desired.Accepted
-	refused  string // why the last desired state was refused
-	updaters map[string]*updater.Updater
-	runtime  *wire.RuntimeFacts
-	ortErr   error
+	// desiredMu serialises desired-state handling: the retained copy and a live one can arrive
+	// at once on separate goroutines.
+	desiredMu sync.Mutex
+	mu        sync.Mutex
+	accepted  desired.Accepted
+	refused   string // why the last desired state was refused
+	updaters  map[string]*updater.Updater
+	runtime   *wire.RuntimeFacts
+	ortErr    error
 
 	server    *infer.Server
 	fetcher   *updater.Fetcher
@@ -242,6 +245,8 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	if len(payload) == 0 {
 		return
 	}
+	o.desiredMu.Lock()
+	defer o.desiredMu.Unlock()
 	o.mu.Lock()
 	prev := o.accepted
 	o.mu.Unlock()

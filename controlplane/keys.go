@@ -83,4 +83,3 @@ func loadKeys(ctx context.Context, cfg Config) (*keySet, error) {
 	ks.trust = trust.NewPinned(release, []*sign.Verifier{s.Verifier()})
 	return ks, nil
 }
-

@@ -198,3 +198,11 @@ func TestOTAResumeAfterKill(t *testing.T) {
 		t.Fatalf("%.0f blocks sent for a %d-block bundle: verified blocks were fetched again", sent, total)
 	}
 }
+
+func readModel(t *testing.T) []byte {
+	b, err := os.ReadFile(filepath.Join(fleettest.Models(t), "hello_deepa.onnx"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -319,9 +319,12 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 	st, t := u.st, u.target
 	u.mu.Unlock()
 
-	// A bake in progress is watched whatever else happens.
-	if st.Step == StepBaking {
+	// A bake in progress is watched, and a revert in progress finished, whatever else happens.
+	switch st.Step {
+	case StepBaking:
 		return u.bake(ctx, st)
+	case StepReverting:
+		return u.revert(ctx, st.Message)
 	}
 	if t == nil {
 		return idleWait, nil
@@ -362,8 +365,6 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 		return u.prepare(ctx, st.Step, t)
 	case StepLoading, StepSmokeTest, StepSwitching:
 		return u.activate(ctx, t)
-	case StepReverting:
-		return u.revert(ctx, "bake failed")
 	}
 	return idleWait, nil
 }
@@ -590,4 +591,3 @@ func (u *Updater) revert(ctx context.Context, why string) (time.Duration, error)
 		}
 	})
 }
-

@@ -96,12 +96,12 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if len(rest) < 2 {
-		return errors.New(clientUsage)
+		return errors.New(strings.TrimSpace(clientUsage))
 	}
 	noun, verb, rest := rest[0], rest[1], rest[2:]
 	need := func(n int) error {
 		if len(rest) != n {
-			return fmt.Errorf("%s %s: wrong number of arguments\n%s", noun, verb, clientUsage)
+			return fmt.Errorf("%s %s: wrong number of arguments\n%s", noun, verb, strings.TrimSpace(clientUsage))
 		}
 		return nil
 	}
@@ -169,5 +169,5 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 		}
 		return c.jsonBody("PUT", "/api/v1/bundles/"+esc(rest[0])+"/stage", map[string]string{"stage": rest[1]})
 	}
-	return fmt.Errorf("unknown command %q\n%s", noun+" "+verb, clientUsage)
+	return fmt.Errorf("unknown command %q\n%s", noun+" "+verb, strings.TrimSpace(clientUsage))
 }

@@ -73,7 +73,7 @@ func trustCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 func bundleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	usage := "usage: controlplane bundle build|verify|inspect ..."
+	usage := "usage: controlplane bundle build|verify|inspect (run with --help for flags)"
 	if len(args) == 0 {
 		return errors.New(usage)
 	}

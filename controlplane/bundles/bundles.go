@@ -312,4 +312,3 @@ func (r *Registry) File(id string) (*os.File, error) {
 	}
 	return os.Open(filepath.Join(r.dir, id, "bundle.tar"))
 }
-

@@ -284,3 +284,24 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 	t.Fatalf("timed out after %v waiting for %s", timeout, what)
 }
+
+// StartWith (re)starts the process with extra flags for this run only.
+func (a *Agent) StartWith(t testing.TB, extra ...string) {
+	t.Helper()
+	base := a.args
+	a.args = append(append([]string{}, base...), extra...)
+	a.Start(t)
+	a.args = base
+}
+
+// WaitExit waits for the process to end by itself and reports whether it did within timeout.
+func (a *Agent) WaitExit(timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() { a.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}

@@ -230,3 +230,23 @@ func (cp *ControlPlane) Model(device, model string) (st struct{ Active, Previous
 	st.Active, st.Previous, st.State, st.Reason, st.Message, st.Target, st.Progress = m.Active, m.Previous, m.State, m.Reason, m.Message, m.Target, m.Progress
 	return st
 }
+
+// ListenAddrAfter returns the local API address the agent logged on its n-th start.
+func (a *Agent) ListenAddrAfter(t testing.TB, n int) string {
+	t.Helper()
+	var addr string
+	Eventually(t, 30e9, "agent "+a.ID+" local API", func() bool {
+		seen := 0
+		for _, line := range strings.Split(a.Log(), "\n") {
+			if strings.Contains(line, "local inference API listening") {
+				if seen++; seen == n {
+					if j := strings.Index(line, "addr="); j >= 0 {
+						addr = strings.Fields(line[j+5:])[0]
+					}
+				}
+			}
+		}
+		return addr != ""
+	})
+	return addr
+}

@@ -2,6 +2,8 @@ package quant
 
 import (
 	"context"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
@@ -10,6 +12,9 @@ import (
 // BenchmarkFP32vsINT8 times one inference of each real model in fp32 and in int8, single
 // intra-op thread (an edge device shares its cores), ORT's default graph optimizations (all,
 // which is what fuses Q/DQ into QLinearConv). Compare ns/op of the fp32 and int8 sub-benchmarks.
+// fp32-rewritten is the float model after the quantizer's graph rewrites (see floatRewritten):
+// the baseline stays the original model, this one shows how much of the gain is not int8's.
+// QUANT_BENCH_THREADS sets the intra-op threads of every session (default 1).
 func BenchmarkFP32vsINT8(b *testing.B) {
 	type bench struct {
 		file    string
@@ -41,12 +46,31 @@ func BenchmarkFP32vsINT8(b *testing.B) {
 				b.Fatal(err)
 			}
 			sample := c.samples(in)[0]
-			for _, v := range []struct {
+			variants := []struct {
 				name  string
 				model []byte
-			}{{"fp32", float}, {"int8", res.Model}} {
+			}{{"fp32", float}, {"int8", res.Model}}
+			if c.file != "hello_deepa.onnx" {
+				variants = append(variants, struct {
+					name  string
+					model []byte
+				}{"fp32-rewritten", floatRewritten(b, float)})
+			}
+			if c.file == "ocr_cls.onnx" {
+				o := c.opts(in)
+				o.FloatDepthwise = true
+				fdw, err := Quantize(context.Background(), float, o)
+				if err != nil {
+					b.Fatal(err)
+				}
+				variants = append(variants, struct {
+					name  string
+					model []byte
+				}{"int8-float-depthwise", fdw.Model})
+			}
+			for _, v := range variants {
 				b.Run(v.name, func(b *testing.B) {
-					s, err := onnxrt.NewSession(v.model, onnxrt.Options{IntraOpThreads: 1})
+					s, err := onnxrt.NewSession(v.model, onnxrt.Options{IntraOpThreads: benchThreads()})
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -65,4 +89,11 @@ func BenchmarkFP32vsINT8(b *testing.B) {
 			}
 		})
 	}
+}
+
+func benchThreads() int {
+	if n, err := strconv.Atoi(os.Getenv("QUANT_BENCH_THREADS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
 }

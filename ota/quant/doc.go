@@ -4,7 +4,12 @@
 // It owns: reading models (weights stored as initializers or as Constant nodes, in subgraphs
 // too, and external tensor data), static Q/DQ quantization calibrated on reference samples
 // (per-channel symmetric int8 weights, asymmetric activations, min-max or percentile ranges) laid
-// out so that ORT fuses it into QLinearConv/QGemm/QLinearMatMul, dynamic MatMulInteger
+// out so that ORT fuses it into QLinearConv/QGemm/QLinearMatMul, with BatchNormalization and
+// scalar affine blocks folded into the Conv before them and hard-swish computed on the integers
+// (uint8 Clip + QLinearMul on a grid where -3 and 0 are exact levels, see hardSwishGrid), so that
+// CNNs such as MobileNetV3/PPLCNet stay quantized between convolutions; QuantizeBest, which tries
+// the calibrations and picks the variant to ship (SpeedGate says when int8 is still slower than
+// fp32, which a bundle builder must refuse unless forced); dynamic MatMulInteger
 // quantization for MatMul-heavy models, the list of what was skipped and why, and the accuracy
 // gate (Evaluate, Gate) that compares a quantized model — ours or one made elsewhere — with its
 // float parent: agreement, error figures, sizes, latency and the kernels ORT actually ran.

@@ -96,3 +96,101 @@ func foldBatchNorm(md *model) int {
 	}
 	return folded
 }
+
+// foldAffine merges a per-tensor affine that follows a Conv — Mul by a scalar constant, Add of a
+// scalar constant, in either order and either operand position — into the Conv's weights and
+// bias: a*conv(x, w, b) + c = conv(x, a*w, a*b + c). PP-OCRv4's detector (PPLCNetV3's learnable
+// affine blocks) puts one after almost every Conv; left alone, each is two float passes over the
+// activation and keeps the Conv's output from being the tensor that QLinearConv requantizes. It
+// returns the number of nodes folded.
+func foldAffine(md *model) int {
+	g := md.main
+	folded := 0
+	for changed := true; changed; {
+		changed = false
+		for _, conv := range append([]*onnxpb.NodeProto(nil), g.g.GetNode()...) {
+			if conv.GetOpType() != "Conv" || len(conv.GetOutput()) != 1 || len(conv.GetInput()) < 2 {
+				continue
+			}
+			out := conv.GetOutput()[0]
+			if md.uses[out] != 1 || g.isOutput(out) || g.readsImplicitly(out) {
+				continue
+			}
+			cons := g.consumers(out)
+			if len(cons) != 1 || len(cons[0].GetOutput()) != 1 {
+				continue
+			}
+			op := cons[0]
+			if op.GetOpType() != "Mul" && op.GetOpType() != "Add" {
+				continue
+			}
+			other, ok := otherInput(op, out)
+			if !ok {
+				continue
+			}
+			v, ok := scalarConst(md, other)
+			if !ok {
+				continue
+			}
+			w, wv, ok := md.constFloat(conv.GetInput()[1])
+			if !ok || len(w.t.GetDims()) < 3 {
+				continue
+			}
+			co := int(w.t.GetDims()[0])
+			b := make([]float32, co)
+			if len(conv.GetInput()) > 2 && conv.GetInput()[2] != "" {
+				_, bv, ok := md.constFloat(conv.GetInput()[2])
+				if !ok || len(bv) != co {
+					continue
+				}
+				copy(b, bv)
+			}
+			nw := wv
+			if op.GetOpType() == "Mul" {
+				nw = make([]float32, len(wv))
+				for i, x := range wv {
+					nw[i] = x * v
+				}
+				for i := range b {
+					b[i] *= v
+				}
+			} else {
+				for i := range b {
+					b[i] += v
+				}
+			}
+			old := append([]string(nil), conv.GetInput()...)
+			for len(conv.Input) < 3 {
+				conv.Input = append(conv.Input, "")
+			}
+			if op.GetOpType() == "Mul" {
+				wName := md.fresh(old[1] + "_affine")
+				g.g.Initializer = append(g.g.Initializer, floatTensor(wName, w.t.GetDims(), nw))
+				md.weights[wName] = &weight{name: wName, t: g.g.Initializer[len(g.g.Initializer)-1], owner: g}
+				md.setInput(conv, 1, wName)
+			}
+			bName := md.fresh(conv.GetName() + "_bias_affine")
+			g.g.Initializer = append(g.g.Initializer, floatTensor(bName, []int64{int64(co)}, b))
+			md.weights[bName] = &weight{name: bName, t: g.g.Initializer[len(g.g.Initializer)-1], owner: g}
+			if conv.Input[2] == "" {
+				conv.Input[2] = bName
+				md.uses[bName]++
+			} else {
+				md.setInput(conv, 2, bName)
+			}
+			for _, in := range op.GetInput() {
+				md.uses[in]--
+			}
+			conv.Output[0] = op.GetOutput()[0]
+			g.g.Node = deleteNode(g.g.Node, op)
+			for _, name := range append(old[1:], other) {
+				if name != "" {
+					md.removeIfUnused(name)
+				}
+			}
+			folded++
+			changed = true
+		}
+	}
+	return folded
+}

@@ -71,6 +71,20 @@ type Options struct {
 	ModelDir string
 	// Threads is the intra-op thread count of the calibration session (0: ORT's default).
 	Threads int
+	// FloatDepthwise keeps depthwise convolutions whose channel count is not a multiple of 16
+	// in float (weights too: int8 weights behind a DequantizeLinear would cost ORT its NCHWc
+	// float kernel). Faster on such models on x86, at some size; QuantizeBest tries both.
+	FloatDepthwise bool
+	// EvalSamples are the held-out samples QuantizeBest gates each variant on (default Samples).
+	EvalSamples [][]onnxrt.Tensor
+	// Threshold is the agreement QuantizeBest requires (0: DefaultThreshold).
+	Threshold float64
+	// EvalThreads is the intra-op thread count of QuantizeBest's evaluation sessions, the same
+	// for the float and the int8 model (0: 1, an edge device's share).
+	EvalThreads int
+	// FloatHardSwish leaves hard-swish activations in float (DequantizeLinear, five float ops,
+	// QuantizeLinear) instead of computing them on the integers. For measurements.
+	FloatHardSwish bool
 }
 
 // Skip records a tensor or node that was left in float, and why.
@@ -93,6 +107,8 @@ type Result struct {
 	OpsetAfter  int64 `json:"opset_after"`
 	// FoldedBatchNorms counts BatchNormalization nodes merged into the Conv before them.
 	FoldedBatchNorms int `json:"folded_batch_norms,omitempty"`
+	// FoldedAffines counts scalar Mul/Add nodes after a Conv merged into its weights and bias.
+	FoldedAffines int `json:"folded_affines,omitempty"`
 	// Quantized names the nodes that now run in int8 ("Conv conv1").
 	Quantized []string `json:"quantized"`
 	// Activations maps each quantized activation to its calibrated range.
@@ -101,6 +117,8 @@ type Result struct {
 	// WeightErrors is the per-layer weight quantization error (relative RMS of dequantized vs
 	// float weights), a cheap proxy for which layers quantization hurts most.
 	WeightErrors []LayerErr `json:"weight_errors,omitempty"`
+	// Variants lists what QuantizeBest tried before choosing this result.
+	Variants []Variant `json:"variants,omitempty"`
 }
 
 // Ratio is SizeBefore / SizeAfter.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"os"
 	"sort"
 
 	"github.com/edgefleet/edgefleet/internal/onnxpb"
@@ -147,6 +146,7 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		return ErrNoSamples
 	}
 	res.FoldedBatchNorms = foldBatchNorm(md)
+	res.FoldedAffines = foldAffine(md)
 
 	var cands []*candidate
 	for _, gr := range md.graphs {
@@ -194,7 +194,20 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		addAct(c.x)
 		addAct(c.out)
 	}
+	// Hard-swish after a quantized Conv runs on the integers (see hardSwishGrid); its output is
+	// observed too.
+	swish := map[string]*hardSwish{} // by input
+	for _, c := range cands {
+		if !c.weightOnly && c.out == c.n.GetOutput()[0] && !opts.FloatHardSwish {
+			if h := matchHardSwish(md, c.out); h != nil {
+				swish[c.out] = h
+			}
+		}
+	}
 	observeNames := append(append([]string(nil), acts...), needsRanks(md)...)
+	for _, h := range swish {
+		observeNames = append(observeNames, h.y)
+	}
 	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
 	if err != nil {
 		return err
@@ -208,23 +221,29 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		if o := obs[c.x]; o != nil && c.n.GetOpType() == "Conv" && len(o.shape) >= 3 && spatial(o.shape) == 1 {
 			c.weightOnly = true
 		}
-		if zzFloatConv(md, c) {
-			if os.Getenv("ZZSKIP") != "" {
-				continue
-			}
-			c.weightOnly = true
+		if opts.FloatDepthwise && slowDepthwise(c) {
+			res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: c.w.name,
+				Reason: "depthwise Conv whose channel count is not a multiple of 16 stays float (Options.FloatDepthwise): MLAS's packed symmetric int8 depthwise kernel does not take it, its generic one was slower than the float NCHWc kernel (RESULTS.md)"})
+			continue
 		}
 		kept = append(kept, c)
 	}
 	cands = kept
 	acts = acts[:0]
 	seen = map[string]bool{}
+	swishByY := map[string]*hardSwish{}
+	found := swish
+	swish = map[string]*hardSwish{}
 	for _, c := range cands {
 		if c.weightOnly {
 			continue
 		}
 		addAct(c.x)
 		addAct(c.out)
+		if h := found[c.out]; h != nil {
+			addAct(h.y)
+			swish[c.out], swishByY[h.y] = h, h
+		}
 	}
 	ranks := map[string]int{}
 	for name, o := range obs {
@@ -246,7 +265,21 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 			return fmt.Errorf("quant: calibration did not observe %q (not a FLOAT tensor?)", t)
 		}
 		lo, hi := o.rangeOf(opts.Calibration, opts.Percentile)
-		s, z := activationParams(lo, hi, opts.Int8Activations)
+		var s float32
+		var z int
+		switch {
+		case swish[t] != nil:
+			s, z, _ = hardSwishGrid(hi, opts.Int8Activations)
+			lo = -3
+		case swishByY[t] != nil:
+			// The affine tail's shift is folded into the zero point of the Q after the
+			// multiplication: the range must hold it.
+			d := swishByY[t].shift
+			lo, hi = min(lo, d), max(hi, d)
+			s, z = activationParams(lo, hi, opts.Int8Activations)
+		default:
+			s, z = activationParams(lo, hi, opts.Int8Activations)
+		}
 		params[t] = qp{s, z}
 		res.Activations[t] = [2]float32{lo, hi}
 	}
@@ -255,7 +288,16 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	var front []*onnxpb.NodeProto // weight DQs and graph-input Q/DQs
 	after := map[string][]*onnxpb.NodeProto{}
 	dq := map[string]string{} // activation -> its dequantized name
+	zpTensor := func(name string, v int) *onnxpb.TensorProto {
+		if opts.Int8Activations {
+			return int8Tensor(name, nil, []int8{int8(v)})
+		}
+		return uint8Tensor(name, nil, []uint8{uint8(v)})
+	}
 	for _, t := range acts {
+		if swishByY[t] != nil {
+			continue // written with its hard-swish below
+		}
 		p := params[t]
 		sName, zName := md.fresh(t+"_scale"), md.fresh(t+"_zero_point")
 		qName, dqName := md.fresh(t+"_quantized"), md.fresh(t+"_dequantized")
@@ -274,6 +316,25 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 			front = append(front, nodes...)
 		} else {
 			after[t] = nodes
+		}
+		if h := swish[t]; h != nil {
+			after[t] = append(after[t], hardSwishNodes(md, h, qName, dqName, p.scale, params[h.y].scale, p.zp, params[h.y].zp, opts.Int8Activations, zpTensor)...)
+			dq[h.y] = after[t][len(after[t])-1].GetOutput()[0]
+			res.Quantized = append(res.Quantized, "HardSwish ->"+h.y+" (Clip + QLinearMul on the integers)")
+		}
+	}
+	// The hard-swish patterns are replaced by their integer form.
+	for _, h := range swish {
+		for _, n := range h.nodes {
+			g.g.Node = deleteNode(g.g.Node, n)
+			for _, in := range n.GetInput() {
+				md.uses[in]--
+			}
+		}
+		for _, n := range h.nodes {
+			for _, in := range n.GetInput() {
+				md.removeIfUnused(in)
+			}
 		}
 	}
 	// Every reader of a quantized activation now reads its Q->DQ copy. A graph output keeps its
@@ -352,6 +413,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		cal = fmt.Sprintf("percentile %g", opts.Percentile)
 	}
 	res.Method = fmt.Sprintf("static-qdq %s per-channel %s opset %d", act, cal, onnxpb.Opset(md.m))
+	if len(swish) > 0 {
+		res.Method += " integer-hardswish"
+	}
 	reportWeights(md, opts, res)
 	return nil
 }
@@ -417,4 +481,18 @@ func spatial(shape []int64) int64 {
 		n *= d
 	}
 	return n
+}
+
+// slowDepthwise reports whether c is a depthwise Conv (one input and one output channel per
+// group) whose channel count is not a multiple of 16. ORT's QLinearConv packs such weights for
+// MLAS's symmetric depthwise kernel only when the channel count is a multiple of its block (16 on
+// x86); otherwise it runs a generic kernel that was 3-6x slower than the float NCHWc depthwise
+// kernel on ocr_cls's 5x5 convolutions with 40, 88, 104 and 200 channels.
+func slowDepthwise(c *candidate) bool {
+	if c.n.GetOpType() != "Conv" {
+		return false
+	}
+	dims := c.w.t.GetDims()
+	g := attrInt(c.n, "group", 1)
+	return g > 1 && dims[1] == 1 && dims[0] == g && g%16 != 0
 }
