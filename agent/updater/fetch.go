@@ -197,6 +197,10 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, carousel bool, verifiers
 			if err != nil {
 				unexpected++
 				if unexpected >= f.MaxUnexpected {
+					if errors.Is(err, bundle.ErrDigest) || errors.Is(err, bundle.ErrSize) {
+						// Blocks that keep failing their signed digests are tampered, not lost.
+						return "", nil, d.Progress(), fmt.Errorf("%d blocks failed verification, last: %w", unexpected, err)
+					}
 					return "", nil, d.Progress(), fmt.Errorf("%w: %d frames did not fit the manifest, last: %v", ErrEndless, unexpected, err)
 				}
 				continue
