@@ -16,10 +16,20 @@ import (
 // the control plane sends the bundle about once, not once per device; a device that was offline
 // during the wave had nothing queued for it and pulls the bundle itself when it is back.
 func TestOTAWaveWithCarousel(t *testing.T) {
+	for _, carouselOn := range []bool{true, false} {
+		t.Run(fmt.Sprintf("carousel=%v", carouselOn), func(t *testing.T) { wave(t, carouselOn) })
+	}
+}
+
+func wave(t *testing.T, carouselOn bool) {
 	const n = 50
 	fleettest.Models(t)
 	k := fleettest.NewKeys(t)
-	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}, CarouselMin: 10})
+	carouselMin := 10
+	if !carouselOn {
+		carouselMin = 0
+	}
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}, CarouselMin: carouselMin})
 	path, id := fleettest.BuildBundle(t, k, "hello_deepa.onnx", "wake", "1.0.0")
 	cp.Push(path)
 	st, _ := os.Stat(path)
@@ -66,6 +76,13 @@ func TestOTAWaveWithCarousel(t *testing.T) {
 	direct, carousel := cp.Metric("edgefleet_bundle_bytes_sent_total"), cp.Metric("edgefleet_bundle_carousel_bytes_total")
 	t.Logf("wave of %d: installed in %v; bundle %.0f bytes; carousel %.0f bytes, per-device %.0f bytes; total %.2fx the bundle",
 		n-1, elapsed.Round(time.Millisecond), size, carousel, direct, (carousel+direct)/size)
+	if !carouselOn {
+		// The reference: every device pulls the whole bundle.
+		if direct < float64(n-1)*size*0.9 || carousel != 0 {
+			t.Fatalf("without a carousel %d devices pulled only %.0f bytes of a %.0f byte bundle", n-1, direct, size)
+		}
+		return
+	}
 	if carousel == 0 {
 		t.Fatal("the carousel did not run")
 	}

@@ -91,14 +91,13 @@ func bundleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 type kvFlag map[string]string
 
 func (k kvFlag) String() string { return "" }
+// Set takes one key=value; the value may hold commas (dataset=ds-1,ds-2).
 func (k kvFlag) Set(v string) error {
-	m, err := cli.ParseLabels(v)
-	if err != nil {
-		return err
+	key, val, ok := strings.Cut(v, "=")
+	if !ok || key == "" {
+		return fmt.Errorf("%q: want key=value", v)
 	}
-	for a, b := range m {
-		k[a] = b
-	}
+	k[key] = val
 	return nil
 }
 
@@ -120,7 +119,9 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	embedding := fs.String("embedding", "", "name of an embedding output to profile for drift")
 	variant := fs.String("variant", "", "variant name, e.g. fp32 or int8")
 	kind := fs.String("kind", "model", "model or runtime")
-	quantize := fs.String("quantize", "", "int8: quantize the model (see docs)")
+	quantize := fs.String("quantize", "", "int8 (static QDQ, calibrated on --reference; dynamic when nothing static applies), int8-static or int8-dynamic")
+	minAgreement := fs.Float64("min-agreement", 0.99, "accuracy gate of --quantize: agreement of int8 with fp32 on held-out reference samples")
+	force := fs.Bool("force", false, "ship an int8 variant that fails the accuracy gate or is slower than fp32 (recorded in the manifest)")
 	blockSize := fs.Int64("block-size", 0, "transfer block size in bytes (default 65536)")
 	prov := kvFlag{}
 	fs.Var(prov, "provenance", "provenance key=value (code_revision, dataset, params_digest, or anything else); repeatable")
@@ -133,16 +134,13 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return fmt.Errorf("--%s is required", flagName)
 		}
 	}
-	if *quantize != "" {
-		return fmt.Errorf("--quantize %s: quantization is not available in this build yet", *quantize)
-	}
 	signer, err := sign.LoadSigner(*key)
 	if err != nil {
 		return err
 	}
 	o := builder.Options{ModelPath: *model, Name: *name, Version: *version, Variant: *variant, Kind: bundle.Kind(*kind),
 		Parent: *parent, Golden: *goldenN, Reference: *reference, PrePath: *pre, PostPath: *post, LabelsPath: *labels,
-		Embedding: *embedding, Provenance: prov, BlockSize: *blockSize}
+		Embedding: *embedding, Provenance: prov, BlockSize: *blockSize, Quantize: *quantize, MinAgreement: *minAgreement, Force: *force}
 	if !*quiet {
 		o.Progress = stderr
 	}

@@ -40,6 +40,12 @@ type Options struct {
 	Tolerance golden.Tolerance
 	// Progress receives one line per long step; nil for silence.
 	Progress io.Writer
+	// Quantize is "", int8, int8-static or int8-dynamic.
+	Quantize string
+	// MinAgreement is the quantization accuracy gate (default 0.99); Force ships a variant that
+	// fails it (or is slower than fp32), recording that in the manifest.
+	MinAgreement float64
+	Force        bool
 }
 
 // Result describes what was built.
@@ -102,6 +108,30 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		}
 		inputs = append(inputs, gen...)
 	}
+	var quantFacts *bundle.Quantization
+	modelPath := o.ModelPath
+	if o.Quantize != "" {
+		qpath, q, err := quantizeModel(ctx, o, model, samples, schema)
+		if err != nil {
+			return nil, err
+		}
+		defer os.Remove(qpath)
+		quantFacts, modelPath = q, qpath
+		if o.Variant == "" {
+			o.Variant = "int8"
+		}
+		// Golden outputs and the reference must come from the model that ships.
+		qb, err := os.ReadFile(qpath)
+		if err != nil {
+			return nil, err
+		}
+		qs, err := onnxrt.NewSession(qb, onnxrt.Options{IntraOpThreads: 1})
+		if err != nil {
+			return nil, fmt.Errorf("load the int8 model: %w", err)
+		}
+		defer qs.Close()
+		sess = qs
+	}
 	o.say("recording %d golden cases", len(inputs))
 	gf, err := golden.Record(ctx, sess.Run, inputs, o.Tolerance)
 	if err != nil {
@@ -114,7 +144,7 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 	}
 
 	files := []bundle.File{
-		bundle.FileFromPath("model.onnx", bundle.RoleModel, o.ModelPath),
+		bundle.FileFromPath("model.onnx", bundle.RoleModel, modelPath),
 		{Path: golden.FileName, Role: bundle.RoleGolden, Bytes: goldenJSON},
 	}
 	if len(samples) > 0 {
@@ -150,6 +180,7 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 			PeakMemoryBytes:    max(peak, int64(len(model))),
 		},
 		Provenance:      provenance(o.Provenance),
+		Quantization:    quantFacts,
 		EmbeddingOutput: o.Embedding,
 		Files:           files,
 	}

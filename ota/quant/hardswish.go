@@ -64,8 +64,8 @@ func near(a float32, b float64) bool { return math.Abs(float64(a)-b) <= 1e-6*mat
 
 // matchHardSwish returns the hard-swish that reads x, or nil. Every reader of x and of each
 // intermediate tensor must be inside the pattern (so x may be clipped at -3 and the pattern's
-// nodes removed), and nothing in it may be a graph output other than possibly... none: y may be
-// read by anything, but not be a graph output (its float value is replaced by a quantized one).
+// nodes removed), and none of them may be a graph output. The output y may have any readers but
+// must not be a graph output either: its float value is replaced by a dequantized one.
 func matchHardSwish(md *model, x string) *hardSwish {
 	g := md.main
 	only := func(t string) *onnxpb.NodeProto { // the single reader of t, if it is the only one
