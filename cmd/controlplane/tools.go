@@ -91,6 +91,7 @@ func bundleCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 type kvFlag map[string]string
 
 func (k kvFlag) String() string { return "" }
+
 // Set takes one key=value; the value may hold commas (dataset=ds-1,ds-2).
 func (k kvFlag) Set(v string) error {
 	key, val, ok := strings.Cut(v, "=")
