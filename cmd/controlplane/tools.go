@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
@@ -124,6 +125,8 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	minAgreement := fs.Float64("min-agreement", 0.99, "accuracy gate of --quantize: agreement of int8 with fp32 on held-out reference samples")
 	force := fs.Bool("force", false, "ship an int8 variant that fails the accuracy gate or is slower than fp32 (recorded in the manifest)")
 	blockSize := fs.Int64("block-size", 0, "transfer block size in bytes (default 65536)")
+	shapes := kvFlag{}
+	fs.Var(shapes, "input-shape", "shape of generated golden inputs, name=1x512 (for dynamic dimensions); repeatable")
 	prov := kvFlag{}
 	fs.Var(prov, "provenance", "provenance key=value (code_revision, dataset, params_digest, or anything else); repeatable")
 	quiet := fs.Bool("quiet", false, "no progress output")
@@ -139,7 +142,19 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	o := builder.Options{ModelPath: *model, Name: *name, Version: *version, Variant: *variant, Kind: bundle.Kind(*kind),
+	inShapes := map[string][]int64{}
+	for name, v := range shapes {
+		var shape []int64
+		for _, d := range strings.Split(v, "x") {
+			n, err := strconv.ParseInt(d, 10, 64)
+			if err != nil || n < 0 {
+				return fmt.Errorf("--input-shape %s=%s: want dimensions like 1x512", name, v)
+			}
+			shape = append(shape, n)
+		}
+		inShapes[name] = shape
+	}
+	o := builder.Options{InputShapes: inShapes, ModelPath: *model, Name: *name, Version: *version, Variant: *variant, Kind: bundle.Kind(*kind),
 		Parent: *parent, Golden: *goldenN, Reference: *reference, PrePath: *pre, PostPath: *post, LabelsPath: *labels,
 		Embedding: *embedding, Provenance: prov, BlockSize: *blockSize, Quantize: *quantize, MinAgreement: *minAgreement, Force: *force}
 	if !*quiet {

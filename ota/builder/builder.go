@@ -40,6 +40,9 @@ type Options struct {
 	Tolerance golden.Tolerance
 	// Progress receives one line per long step; nil for silence.
 	Progress io.Writer
+	// InputShapes fixes the shapes of generated golden inputs (name -> shape) for models whose
+	// dynamic dimensions need particular sizes.
+	InputShapes map[string][]int64
 	// Quantize is "", int8, int8-static or int8-dynamic.
 	Quantize string
 	// MinAgreement is the quantization accuracy gate (default 0.99); Force ships a variant that
@@ -102,9 +105,9 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		inputs = append(inputs, samples[:min(len(samples), o.Golden)]...)
 	}
 	if len(inputs) < o.Golden {
-		gen, err := onnxrt.GenerateInputs(schema, o.Golden-len(inputs), o.Seed+1, nil)
+		gen, err := generateInputs(ctx, sess, schema, o.Golden-len(inputs), o.Seed+1, o.InputShapes)
 		if err != nil {
-			return nil, fmt.Errorf("generate golden inputs (pass --reference with real samples for this model): %w", err)
+			return nil, fmt.Errorf("generate golden inputs (pass --reference with real samples, or --input-shape, for this model): %w", err)
 		}
 		inputs = append(inputs, gen...)
 	}
@@ -264,4 +267,45 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// generateInputs makes golden inputs that the model actually runs on. Dynamic dimensions default
+// to 1, which some models reject (an audio model padding a frame needs more than one sample), so
+// on failure the non-batch dynamic dimensions are tried at larger sizes.
+func generateInputs(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Schema, n int, seed uint64, fixed map[string][]int64) ([][]onnxrt.Tensor, error) {
+	var lastErr error
+	for _, size := range []int64{1, 64, 512} {
+		shapes := map[string][]int64{}
+		for _, in := range schema.Inputs {
+			if s, ok := fixed[in.Name]; ok {
+				shapes[in.Name] = s
+				continue
+			}
+			if in.Shape == nil {
+				continue
+			}
+			s := make([]int64, len(in.Shape))
+			for i, d := range in.Shape {
+				switch {
+				case d >= 0:
+					s[i] = d
+				case i == 0:
+					s[i] = 1 // batch
+				default:
+					s[i] = size
+				}
+			}
+			shapes[in.Name] = s
+		}
+		gen, err := onnxrt.GenerateInputs(schema, n, seed, shapes)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := sess.Run(ctx, gen[0]); err != nil {
+			lastErr = err
+			continue
+		}
+		return gen, nil
+	}
+	return nil, lastErr
 }
