@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
@@ -57,7 +59,9 @@ type Config struct {
 	CarouselMin int
 	// DesiredTTL is the lifetime of a desired state (default 7 days).
 	DesiredTTL time.Duration
-	Logger     *slog.Logger
+	// TelemetryRetention is how long telemetry messages are kept (default 7 days).
+	TelemetryRetention time.Duration
+	Logger             *slog.Logger
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
 }
@@ -146,6 +150,9 @@ func Run(ctx context.Context, cfg Config) error {
 	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
+	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	wg.Add(1)
+	go func() { defer wg.Done(); ing.Run(svcCtx) }()
 	events := make(chan string, 4096)
 	dispatch := func(topic string, payload []byte) {
 		p, err := topics.Parse(topic)
@@ -153,7 +160,13 @@ func Run(ctx context.Context, cfg Config) error {
 			blocks.Handle(p.Device, payload)
 			return
 		}
-		reg.HandleMessage(topic, payload)
+		herr := reg.HandleMessage(topic, payload)
+		if err == nil && herr == nil && p.Kind == wire.KindTelemetry {
+			var m wire.Telemetry
+			if json.Unmarshal(payload, &m) == nil {
+				ing.Handle(m)
+			}
+		}
 		if err == nil && p.Kind == wire.KindReported {
 			select {
 			case events <- p.Device:
@@ -217,7 +230,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, AdminTokenHash: tokenHash, Logger: log,
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, AdminTokenHash: tokenHash, Logger: log,
 			Metrics: metricsHandler(reg, blocks)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

@@ -29,9 +29,10 @@ type Registry interface {
 
 // Config wires the API.
 type Config struct {
-	Registry Registry
-	Bundles  Bundles
-	Desired  Desired
+	Registry  Registry
+	Bundles   Bundles
+	Desired   Desired
+	Telemetry Telemetry
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -76,6 +77,7 @@ func New(cfg Config) http.Handler {
 	v1.PUT("/groups/:group/desired", h.setGroupDesired)
 	v1.GET("/devices/:id/desired", h.getDeviceDesired)
 	v1.PUT("/devices/:id/desired", h.setDeviceDesired)
+	v1.GET("/devices/:id/telemetry", h.deviceTelemetry)
 	v1.POST("/bundles", h.uploadBundle)
 	v1.GET("/bundles", h.listBundles)
 	v1.GET("/bundles/:id", h.getBundle)

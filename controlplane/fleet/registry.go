@@ -178,12 +178,12 @@ func (r *Registry) markDirty(id string, urgent bool) {
 var ErrMalformed = errors.New("malformed fleet message")
 
 // HandleMessage applies one fleet message. Malformed messages are counted, logged with the
-// device id, and change nothing but the device's malformed counter.
-func (r *Registry) HandleMessage(topic string, payload []byte) {
+// device id, and change nothing but the device's malformed counter; the error says why.
+func (r *Registry) HandleMessage(topic string, payload []byte) error {
 	err := r.handle(topic, payload)
 	if err == nil {
 		r.accepted.Add(1)
-		return
+		return nil
 	}
 	r.malformed.Add(1)
 	p, perr := r.topics.Parse(topic)
@@ -198,6 +198,7 @@ func (r *Registry) HandleMessage(topic string, payload []byte) {
 		r.mu.Unlock()
 	}
 	r.log.Warn("refused fleet message", "device", dev, "topic", truncate(topic, 200), "bytes", len(payload), "err", err)
+	return err
 }
 
 // Stats returns counts of accepted and malformed messages since start.

@@ -78,11 +78,14 @@ type ModelReport struct {
 // Telemetry is the envelope of every message on a shard telemetry topic. Seq is the device's
 // telemetry sequence number (1, 2, 3...), persisted by the agent so it never repeats.
 type Telemetry struct {
-	Device string          `json:"device"`
-	Seq    uint64          `json:"seq"`
-	Kind   string          `json:"kind"`
-	At     time.Time       `json:"at"`
-	Body   json.RawMessage `json:"body"`
+	Device string `json:"device"`
+	Seq    uint64 `json:"seq"`
+	// FirstSeq, when set, means this message accounts for every sequence number from FirstSeq to
+	// Seq: the spool merged older windows into it, or (kind "dropped") reports them lost.
+	FirstSeq uint64          `json:"first_seq,omitempty"`
+	Kind     string          `json:"kind"`
+	At       time.Time       `json:"at"`
+	Body     json.RawMessage `json:"body"`
 }
 
 // Ack is sent on {p}/devices/{id}/ack: the highest contiguous telemetry sequence the control plane

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
+	"github.com/edgefleet/edgefleet/telemetry"
 	"github.com/edgefleet/edgefleet/telemetry/drift"
 )
 
@@ -74,28 +75,6 @@ func DefaultSpecs(s onnxrt.Schema, embedding string) []drift.FeatureSpec {
 	return specs
 }
 
-// FeatureValues extracts every spec's values from one sample's inputs and outputs.
-func FeatureValues(specs []drift.FeatureSpec, tensors map[string]onnxrt.Tensor) (map[string][]float64, error) {
-	out := map[string][]float64{}
-	for i := range specs {
-		s := &specs[i]
-		t, ok := tensors[s.Tensor]
-		if !ok {
-			continue
-		}
-		data, ok := t.Data.([]float32)
-		if !ok {
-			continue
-		}
-		v, err := s.Extract(data, t.Shape)
-		if err != nil {
-			return nil, fmt.Errorf("feature %s: %w", s.Name, err)
-		}
-		out[s.Name] = v
-	}
-	return out, nil
-}
-
 // buildReference computes the drift reference from the samples' inputs and the model's outputs on
 // them. It returns nil when the model has nothing to profile.
 func buildReference(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Schema, samples [][]onnxrt.Tensor, embedding string) ([]byte, error) {
@@ -119,7 +98,7 @@ func buildReference(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Sch
 		for _, t := range out {
 			all[t.Name] = t
 		}
-		vals, err := FeatureValues(specs, all)
+		vals, err := telemetry.FeatureValues(specs, all)
 		if err != nil {
 			return nil, fmt.Errorf("reference sample %d: %w", i, err)
 		}

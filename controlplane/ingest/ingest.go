@@ -1,0 +1,335 @@
+// Package ingest commits device telemetry to the store in batches (one transaction per batch, not
+// per message) and acknowledges to each device the highest contiguous sequence number it has
+// committed, never more: brokers drop acknowledged QoS 1 messages under overload, so delivery is
+// accounted end to end and a device keeps everything unacknowledged in its spool. Duplicates are
+// ignored, gaps counted (and filled when the device re-sends).
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/internal/wire"
+)
+
+const (
+	bucketData = "telemetry"     // key device/kind/%020d seq -> message
+	bucketSeq  = "telemetry_seq" // key device -> deviceSeq
+)
+
+// Publisher sends an ack.
+type Publisher func(ctx context.Context, topic string, payload []byte, qos byte, retain bool) error
+
+// deviceSeq is the accounting of one device, persisted with the data it describes.
+type deviceSeq struct {
+	Contiguous uint64   `json:"contiguous"`        // every seq <= this is committed
+	Above      []uint64 `json:"above,omitempty"`   // committed seqs past a gap
+	Dupes      uint64   `json:"duplicates"`        // messages already committed
+	Gaps       uint64   `json:"gaps"`              // times a message arrived past a hole
+	Dropped    uint64   `json:"dropped,omitempty"` // seqs the device reported lost
+}
+
+// Stats are counters since start.
+type Stats struct {
+	Received, Committed, Duplicates, Batches, Acks int64
+}
+
+// Ingest is the telemetry pipeline.
+type Ingest struct {
+	st        store.Store
+	publish   Publisher
+	topics    wire.Topics
+	log       *slog.Logger
+	retention time.Duration
+	interval  time.Duration
+	maxBatch  int
+
+	mu      sync.Mutex
+	pending []wire.Telemetry
+	kick    chan struct{}
+	seqs    map[string]*deviceSeq // cache of the store's accounting
+
+	received, committed, dupes, batches, acks atomic.Int64
+}
+
+// New returns an ingest pipeline.
+func New(st store.Store, publish Publisher, topics wire.Topics, retention time.Duration, log *slog.Logger) *Ingest {
+	if retention <= 0 {
+		retention = 7 * 24 * time.Hour
+	}
+	return &Ingest{st: st, publish: publish, topics: topics, log: log, retention: retention, interval: 200 * time.Millisecond,
+		maxBatch: 512, kick: make(chan struct{}, 1), seqs: map[string]*deviceSeq{}}
+}
+
+// Handle queues a validated telemetry message. It never blocks on the store.
+func (in *Ingest) Handle(m wire.Telemetry) {
+	in.received.Add(1)
+	in.mu.Lock()
+	in.pending = append(in.pending, m)
+	n := len(in.pending)
+	in.mu.Unlock()
+	if n >= in.maxBatch {
+		select {
+		case in.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Run commits batches until ctx ends, then commits what is left.
+func (in *Ingest) Run(ctx context.Context) {
+	t := time.NewTicker(in.interval)
+	defer t.Stop()
+	prune := time.NewTicker(time.Hour)
+	defer prune.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			in.Flush(context.Background())
+			return
+		case <-t.C:
+		case <-in.kick:
+		case <-prune.C:
+			if err := in.Prune(ctx, time.Now()); err != nil {
+				in.log.Warn("telemetry retention pass failed", "err", err)
+			}
+		}
+		if err := in.Flush(ctx); err != nil && ctx.Err() == nil {
+			in.log.Error("telemetry batch not committed; devices will re-send", "err", err)
+		}
+	}
+}
+
+func dataKey(device, kind string, seq uint64) string {
+	return fmt.Sprintf("%s/%s/%020d", device, kind, seq)
+}
+
+// Flush commits everything queued in one transaction, then acknowledges.
+func (in *Ingest) Flush(ctx context.Context) error {
+	in.mu.Lock()
+	batch := in.pending
+	in.pending = nil
+	in.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	sort.SliceStable(batch, func(i, j int) bool {
+		if batch[i].Device != batch[j].Device {
+			return batch[i].Device < batch[j].Device
+		}
+		return batch[i].Seq < batch[j].Seq
+	})
+	changed := map[string]*deviceSeq{}
+	var committed, dupes int64
+	err := in.st.Update(ctx, func(tx store.Tx) error {
+		committed, dupes = 0, 0
+		for k := range changed {
+			delete(changed, k)
+		}
+		for _, m := range batch {
+			ds, ok := changed[m.Device]
+			if !ok {
+				ds = &deviceSeq{}
+				if c, ok := in.cached(m.Device); ok {
+					*ds = c
+				} else if err := store.GetJSON(tx, bucketSeq, m.Device, ds); err != nil && !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+				changed[m.Device] = ds
+			}
+			if !ds.add(m) {
+				dupes++
+				continue
+			}
+			b, err := json.Marshal(m)
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(bucketData, dataKey(m.Device, m.Kind, m.Seq), b); err != nil {
+				return err
+			}
+			committed++
+		}
+		for dev, ds := range changed {
+			if err := store.PutJSON(tx, bucketSeq, dev, ds); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("commit %d telemetry messages: %w", len(batch), err)
+	}
+	in.committed.Add(committed)
+	in.dupes.Add(dupes)
+	in.batches.Add(1)
+	in.mu.Lock()
+	for dev, ds := range changed {
+		c := *ds
+		c.Above = append([]uint64(nil), ds.Above...)
+		in.seqs[dev] = &c
+	}
+	in.mu.Unlock()
+	// Acknowledge only what is now durable.
+	for dev, ds := range changed {
+		b, _ := json.Marshal(wire.Ack{Seq: ds.Contiguous})
+		if err := in.publish(ctx, in.topics.Ack(dev), b, 1, false); err != nil {
+			in.log.Debug("ack not sent; the next batch acks again", "device", dev, "err", err)
+			continue
+		}
+		in.acks.Add(1)
+	}
+	return nil
+}
+
+func (in *Ingest) cached(dev string) (deviceSeq, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	c, ok := in.seqs[dev]
+	if !ok {
+		return deviceSeq{}, false
+	}
+	cp := *c
+	cp.Above = append([]uint64(nil), c.Above...)
+	return cp, true
+}
+
+// add accounts for message m (covering FirstSeq..Seq). It reports false for a duplicate.
+func (d *deviceSeq) add(m wire.Telemetry) bool {
+	first := m.FirstSeq
+	if first == 0 || first > m.Seq {
+		first = m.Seq
+	}
+	if m.Seq <= d.Contiguous {
+		d.Dupes++
+		return false
+	}
+	for _, s := range d.Above {
+		if s == m.Seq {
+			d.Dupes++
+			return false
+		}
+	}
+	if m.Kind == "dropped" {
+		d.Dropped += m.Seq - first + 1
+	}
+	if first > d.Contiguous+1 {
+		d.Gaps++
+	}
+	// Mark first..Seq committed, then advance the contiguous mark over what is now complete.
+	for s := first; s <= m.Seq; s++ {
+		if s > d.Contiguous {
+			d.Above = append(d.Above, s)
+		}
+	}
+	sort.Slice(d.Above, func(i, j int) bool { return d.Above[i] < d.Above[j] })
+	k := 0
+	for k < len(d.Above) && d.Above[k] <= d.Contiguous+1 {
+		if d.Above[k] == d.Contiguous+1 {
+			d.Contiguous++
+		}
+		k++
+	}
+	d.Above = d.Above[k:]
+	if len(d.Above) > 100000 {
+		// A device that skipped far ahead: do not let its accounting grow without bound.
+		d.Above = d.Above[len(d.Above)-100000:]
+	}
+	return true
+}
+
+// Accounting is a device's telemetry accounting.
+type Accounting struct {
+	Contiguous uint64 `json:"contiguous"`
+	Pending    int    `json:"received_past_gap"`
+	Duplicates uint64 `json:"duplicates"`
+	Gaps       uint64 `json:"gaps"`
+	Dropped    uint64 `json:"dropped"`
+}
+
+// Account returns a device's accounting.
+func (in *Ingest) Account(ctx context.Context, device string) (Accounting, error) {
+	ds, ok := in.cached(device)
+	if !ok {
+		err := in.st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketSeq, device, &ds) })
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return Accounting{}, err
+		}
+	}
+	return Accounting{Contiguous: ds.Contiguous, Pending: len(ds.Above), Duplicates: ds.Dupes, Gaps: ds.Gaps, Dropped: ds.Dropped}, nil
+}
+
+// Query returns a device's stored messages of a kind ("" for all) received at or after since,
+// oldest first, at most limit.
+func (in *Ingest) Query(ctx context.Context, device, kind string, since time.Time, limit int) ([]wire.Telemetry, error) {
+	prefix := device + "/"
+	if kind != "" {
+		prefix += kind + "/"
+	}
+	var out []wire.Telemetry
+	err := in.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketData, prefix, func(_ string, v []byte) error {
+			var m wire.Telemetry
+			if json.Unmarshal(v, &m) != nil || m.At.Before(since) {
+				return nil
+			}
+			out = append(out, m)
+			return nil
+		})
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].At.Before(out[j].At) })
+	if limit > 0 && len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, err
+}
+
+// Prune deletes messages older than the retention.
+func (in *Ingest) Prune(ctx context.Context, now time.Time) error {
+	cut := now.Add(-in.retention)
+	var old []string
+	err := in.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketData, "", func(k string, v []byte) error {
+			var m struct {
+				At time.Time `json:"at"`
+			}
+			if json.Unmarshal(v, &m) == nil && m.At.Before(cut) {
+				old = append(old, k)
+			}
+			return nil
+		})
+	})
+	if err != nil || len(old) == 0 {
+		return err
+	}
+	return in.st.Update(ctx, func(tx store.Tx) error {
+		for _, k := range old {
+			if err := tx.Delete(bucketData, k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Stats returns counters.
+func (in *Ingest) Stats() Stats {
+	return Stats{Received: in.received.Load(), Committed: in.committed.Load(), Duplicates: in.dupes.Load(), Batches: in.batches.Load(), Acks: in.acks.Load()}
+}
+
+// seqOf parses the sequence from a data key (used by tests).
+func seqOf(key string) uint64 {
+	i := strings.LastIndex(key, "/")
+	n, _ := strconv.ParseUint(key[i+1:], 10, 64)
+	return n
+}
