@@ -44,6 +44,9 @@ type Config struct {
 	// public key (desired-state signatures). Without them everything is refused.
 	TrustKeys  []string
 	ControlKey string
+	// Root is the root public key whose signed trust documents (on {p}/trust) name the release and
+	// control keys; it replaces TrustKeys and ControlKey.
+	Root string
 	// Listen is the local inference API address ("" = none).
 	Listen         string
 	ORTLib         string
@@ -367,6 +370,8 @@ func (a *Agent) onMessage(topic string, payload []byte) {
 		}
 	case a.topics.Desired(a.cfg.ID):
 		a.handleDesired(context.Background(), payload)
+	case a.topics.Trust():
+		a.handleTrust(context.Background(), payload)
 	case a.topics.Blocks(a.cfg.ID):
 		a.ota.fetcher.OnFrame(payload)
 	default:

@@ -24,6 +24,7 @@ import (
 	"github.com/edgefleet/edgefleet/ota/desired"
 	"github.com/edgefleet/edgefleet/ota/sign"
 	"github.com/edgefleet/edgefleet/ota/transfer"
+	"github.com/edgefleet/edgefleet/ota/trust"
 	"github.com/edgefleet/edgefleet/telemetry"
 )
 
@@ -61,8 +62,9 @@ type otaState struct {
 	server    *infer.Server
 	fetcher   *updater.Fetcher
 	carousels map[string]bool
-	release   []*sign.Verifier
-	control   []*sign.Verifier
+	// trust holds the release and control keys: pinned by flag, or from root-signed trust
+	// documents received on {p}/trust.
+	trust     *trust.Store
 	reportReq chan struct{}
 }
 
@@ -71,22 +73,13 @@ const desiredFile = "desired.json"
 func (a *Agent) initOTA(ctx context.Context) error {
 	o := &otaState{updaters: map[string]*updater.Updater{}, server: infer.NewServer(a.cfgVersion()), carousels: map[string]bool{}, reportReq: make(chan struct{}, 1)}
 	a.ota = o
-	for _, p := range a.cfg.TrustKeys {
-		v, err := sign.LoadVerifier(p)
-		if err != nil {
-			return fmt.Errorf("--trust %s: %w", p, err)
-		}
-		o.release = append(o.release, v)
+	ts, err := a.loadTrust(ctx)
+	if err != nil {
+		return err
 	}
-	if a.cfg.ControlKey != "" {
-		v, err := sign.LoadVerifier(a.cfg.ControlKey)
-		if err != nil {
-			return fmt.Errorf("--control-key %s: %w", a.cfg.ControlKey, err)
-		}
-		o.control = append(o.control, v)
-	}
-	if len(o.release) == 0 || len(o.control) == 0 {
-		a.log.Warn("no release (--trust) or control (--control-key) key: every desired state and bundle will be refused until they are configured")
+	o.trust = ts
+	if len(ts.ReleaseVerifiers()) == 0 || len(ts.ControlVerifiers()) == 0 {
+		a.log.Warn("no release or control key yet (--trust and --control-key, or --root and a trust document): every desired state and bundle is refused until then")
 	}
 	if b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, desiredFile)); err == nil {
 		if err := json.Unmarshal(b, &o.accepted); err != nil {
@@ -153,11 +146,71 @@ func (a *Agent) initOTA(ctx context.Context) error {
 func (a *Agent) cfgVersion() string { return "edgefleet-agent" }
 
 func (a *Agent) verifiers() []bundle.Verifier {
-	out := make([]bundle.Verifier, 0, len(a.ota.release))
-	for _, v := range a.ota.release {
+	rel := a.ota.trust.ReleaseVerifiers()
+	out := make([]bundle.Verifier, 0, len(rel))
+	for _, v := range rel {
 		out = append(out, v)
 	}
 	return out
+}
+
+const trustFile = "trust.json"
+
+// loadTrust builds the key store: keys pinned by flag, or a root (--root) whose signed trust
+// documents arrive on {p}/trust; an accepted document is persisted and restored at start, so a
+// rotation survives a restart.
+func (a *Agent) loadTrust(ctx context.Context) (*trust.Store, error) {
+	if a.cfg.Root == "" {
+		var release, control []*sign.Verifier
+		for _, p := range a.cfg.TrustKeys {
+			v, err := sign.LoadVerifier(p)
+			if err != nil {
+				return nil, fmt.Errorf("--trust %s: %w", p, err)
+			}
+			release = append(release, v)
+		}
+		if a.cfg.ControlKey != "" {
+			v, err := sign.LoadVerifier(a.cfg.ControlKey)
+			if err != nil {
+				return nil, fmt.Errorf("--control-key %s: %w", a.cfg.ControlKey, err)
+			}
+			control = append(control, v)
+		}
+		return trust.NewPinned(release, control), nil
+	}
+	if b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, trustFile)); err == nil {
+		st, err := trust.Restore(ctx, b)
+		if err == nil {
+			return st, nil
+		}
+		a.log.Error("stored trust document does not verify; starting from the root key", "err", err)
+	}
+	root, err := sign.LoadVerifier(a.cfg.Root)
+	if err != nil {
+		return nil, fmt.Errorf("--root %s: %w", a.cfg.Root, err)
+	}
+	return trust.NewStore(root)
+}
+
+// handleTrust applies a trust document from {p}/trust.
+func (a *Agent) handleTrust(ctx context.Context, payload []byte) {
+	st := a.ota.trust
+	if st.Pinned() || len(payload) == 0 {
+		return
+	}
+	changed, err := st.Accept(ctx, payload)
+	if err != nil {
+		a.log.Warn("refused trust document", "err", err)
+		return
+	}
+	if !changed {
+		return
+	}
+	if err := atomicfile.WriteFile(filepath.Join(a.cfg.DataDir, trustFile), st.Envelope(), 0o600); err != nil {
+		a.log.Error("cannot persist the trust document; it applies until restart", "err", err)
+	}
+	a.log.Info("trust document accepted", "version", st.Version(), "release_keys", len(st.ReleaseVerifiers()), "control_keys", len(st.ControlVerifiers()))
+	a.requestReport()
 }
 
 // updater returns (creating) the updater of a model name.
@@ -250,7 +303,7 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	o.mu.Lock()
 	prev := o.accepted
 	o.mu.Unlock()
-	st, verdict, err := desired.Check(ctx, a.cfg.ID, payload, prev, time.Now(), o.control)
+	st, verdict, err := desired.Check(ctx, a.cfg.ID, payload, prev, time.Now(), o.trust.ControlVerifiers())
 	if err != nil {
 		a.log.Warn("refused desired state", "err", err)
 		o.mu.Lock()

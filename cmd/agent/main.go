@@ -80,6 +80,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	var faults cli.List
 	fs.Var(&trustKeys, "trust", "release public key whose bundles this device accepts; repeatable")
 	controlKey := fs.String("control-key", "", "the control plane's public key (DATA/control.pub there) that signs desired states")
+	root := fs.String("root", "", "root public key: release and control keys then come from root-signed trust documents (replaces --trust and --control-key)")
 	listen := fs.String("listen", "127.0.0.1:8181", "local inference API (Open Inference Protocol) address; empty to disable")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: $EDGEFLEET_ORT_LIB or the cache of scripts/fetch-ort.sh)")
 	ep := fs.String("ep", "cpu", "execution provider: cpu, cuda or tensorrt (falls back to cpu, loudly, when unavailable)")
@@ -118,7 +119,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	a, err := agent.New(agent.Config{
 		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
-		TrustKeys: trustKeys, ControlKey: *controlKey, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
+		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: agent.ErrorRate(fl), CrashAt: *crashAt,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})

@@ -101,6 +101,8 @@ type CPOptions struct {
 	MQTT    string       // embedded broker address; default a free port
 	// TrustKeys are release public key files the registry accepts.
 	TrustKeys            []string
+	TrustDoc             string
+	ControlKey           string
 	BundleBytesPerSecond int
 	CarouselMin          int
 }
@@ -116,7 +118,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 	}
 	cp := &ControlPlane{t: t, Token: "test-admin-token", Cfg: controlplane.Config{
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
-		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys,
+		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin,
 	}}
 	cp.start()
