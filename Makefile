@@ -43,4 +43,7 @@ bench: deps build models
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -run '^$$' -bench . -benchmem ./...
 
 clean:
-	rm -rf bin var
+	rm -rf bin var dist
+
+# .deb packages and the arm64 cross-build (packaging/README.md).
+include packaging/package.mk

@@ -3,7 +3,8 @@
 # tests, protoc and the ONNX schema for the generated protobuf types, curl, npm for fetching ONNX
 # Runtime and sample models). As root it installs what is missing; otherwise it prints the command.
 set -euo pipefail
-pkgs=(mosquitto mosquitto-clients curl protobuf-compiler libonnx-dev iproute2 ca-certificates)
+pkgs=(mosquitto mosquitto-clients curl protobuf-compiler libonnx-dev iproute2 ca-certificates
+  gcc-aarch64-linux-gnu qemu-user-static binutils file dpkg-dev)
 missing=()
 # npm may come from a non-Debian Node.js install (which conflicts with Debian's npm package):
 # only ask for Debian's when no npm is on the PATH.
