@@ -56,8 +56,8 @@ type Config struct {
 	MemoryReserve uint64
 	// StallTimeout abandons a download that makes no progress for this long.
 	StallTimeout time.Duration
-	// Faults returns an injected inference error rate per model version (tests, simulations).
-	Faults func(name, version string) float64
+	// Faults are injected misbehaviours keyed by bundle version (tests, simulations).
+	Faults []Fault
 	// CrashAt kills the process right after the install lifecycle persists this step (crash tests).
 	CrashAt string
 }
@@ -75,6 +75,7 @@ type Agent struct {
 	connected bool
 
 	ota    *otaState
+	infTel *inferenceTelemetry
 	runCtx context.Context
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
@@ -120,7 +121,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data folder: %w", err)
 	}
-	a := &Agent{cfg: cfg, topics: wire.NewTopics(cfg.Prefix), log: cfg.Logger.With("device", cfg.ID), Ready: make(chan struct{})}
+	a := &Agent{cfg: cfg, topics: wire.NewTopics(cfg.Prefix), log: cfg.Logger.With("device", cfg.ID), Ready: make(chan struct{}),
+		infTel: newInferenceTelemetry(OutputShift(cfg.Faults))}
 	b, err := os.ReadFile(filepath.Join(cfg.DataDir, stateFile))
 	switch {
 	case err == nil:
@@ -422,6 +424,7 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 		if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
 			a.log.Warn("health telemetry not sent", "err", err)
 		}
+		a.flushInference(ctx, a.servedBundles())
 		select {
 		case <-ctx.Done():
 			return

@@ -76,10 +76,52 @@ func ErrorRate(faults []Fault) func(name, version string) float64 {
 	return func(name, version string) float64 {
 		rate := 0.0
 		for _, f := range faults {
-			if f.Bundle == "" || f.Bundle == name+"@"+version {
+			if matches(f, name, version) {
 				rate = max(rate, f.Errors)
 			}
 		}
 		return rate
+	}
+}
+
+func matches(f Fault, name, version string) bool {
+	return f.Bundle == "" || f.Bundle == name+"@"+version
+}
+
+// InstallFault returns the install fault ("fail", "smoke-fail" or "") of a model version.
+func InstallFault(faults []Fault) func(name, version string) string {
+	return func(name, version string) string {
+		for _, f := range faults {
+			if f.Install != "" && matches(f, name, version) {
+				return f.Install
+			}
+		}
+		return ""
+	}
+}
+
+// LatencyFactor returns the multiplier applied to a model version's measured latency (1: none).
+func LatencyFactor(faults []Fault) func(name, version string) float64 {
+	return func(name, version string) float64 {
+		m := 1.0
+		for _, f := range faults {
+			if f.Latency > 0 && matches(f, name, version) {
+				m = max(m, f.Latency)
+			}
+		}
+		return m
+	}
+}
+
+// OutputShift returns the shift added to a model version's outputs in its telemetry.
+func OutputShift(faults []Fault) func(name, version string) float64 {
+	return func(name, version string) float64 {
+		s := 0.0
+		for _, f := range faults {
+			if f.Shift != 0 && matches(f, name, version) {
+				s = f.Shift
+			}
+		}
+		return s
 	}
 }

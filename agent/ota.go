@@ -225,15 +225,16 @@ func (a *Agent) updater(name string) (*updater.Updater, error) {
 		return nil, fmt.Errorf("model name %q: %w", name, err)
 	}
 	u, err := updater.New(a.cfg.DataDir, name, updater.Deps{
-		Fetcher:   o.fetcher,
-		Verifiers: a.verifiers,
-		Server:    o.server,
-		LoadOpts:  onnxrt.Options{IntraOpThreads: a.cfg.IntraOpThreads, ExecutionProvider: a.cfg.EP},
-		Check:     a.checkRequirements,
-		Report:    a.onInstallChange,
-		Faults:    a.cfg.Faults,
-		CrashAt:   a.cfg.CrashAt,
-		Logger:    a.log,
+		Fetcher:      o.fetcher,
+		Verifiers:    a.verifiers,
+		Server:       o.server,
+		LoadOpts:     onnxrt.Options{IntraOpThreads: a.cfg.IntraOpThreads, ExecutionProvider: a.cfg.EP},
+		Check:        a.checkRequirements,
+		Report:       a.onInstallChange,
+		Faults:       ErrorRate(a.cfg.Faults),
+		InstallFault: InstallFault(a.cfg.Faults),
+		CrashAt:      a.cfg.CrashAt,
+		Logger:       a.log,
 	})
 	if err != nil {
 		return nil, err
@@ -427,4 +428,38 @@ func (a *Agent) carousel(id string, on bool) error {
 		return waitToken(context.Background(), c.Subscribe(topic, 0, func(_ pahoClient, m pahoMessage) { a.ota.fetcher.OnFrame(m.Payload()) }))
 	}
 	return waitToken(context.Background(), c.Unsubscribe(topic))
+}
+
+// servedBundles is the set of bundle ids being served now.
+func (a *Agent) servedBundles() map[string]bool {
+	out := map[string]bool{}
+	for _, name := range a.ota.server.Names() {
+		if m, ok := a.ota.server.Get(name); ok {
+			out[m.Bundle] = true
+		}
+	}
+	return out
+}
+
+// ServedModel describes a model being served.
+type ServedModel struct {
+	Name, Version, Bundle string
+	Schema                onnxrt.Schema
+}
+
+// Served lists the models being served now.
+func (a *Agent) Served() []ServedModel {
+	var out []ServedModel
+	for _, name := range a.ota.server.Names() {
+		if m, ok := a.ota.server.Get(name); ok {
+			out = append(out, ServedModel{Name: m.Name, Version: m.Version, Bundle: m.Bundle, Schema: m.Schema()})
+		}
+	}
+	return out
+}
+
+// Infer runs one inference in process, through the same path (and telemetry) as the local API.
+func (a *Agent) Infer(ctx context.Context, model string, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
+	out, _, err := a.ota.server.Infer(ctx, model, in)
+	return out, err
 }

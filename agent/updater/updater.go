@@ -113,6 +113,12 @@ type Deps struct {
 	Report func(State)
 	// Faults returns the injected inference error rate for a model version (tests, simulations).
 	Faults func(name, version string) float64
+	// InstallFault returns "fail" or "smoke-fail" for a model version whose install should fail
+	// (simulations and tests), "" otherwise.
+	InstallFault func(name, version string) string
+	// OnLoad is called for every model loaded from a slot folder (before its smoke test), so the
+	// agent can attach its telemetry.
+	OnLoad func(m *infer.Model, dir string)
 	// CrashAt kills the process with SIGKILL right after the named step is persisted (crash tests).
 	CrashAt string
 	// BakeErrorMax is the error ratio during bake above which the new model is reverted.
@@ -265,6 +271,9 @@ func (u *Updater) load(dir, id string, m *bundle.Manifest) (*infer.Model, error)
 	}
 	if u.deps.Faults != nil {
 		mod.FaultErrorRate = u.deps.Faults(m.Name, m.Version)
+	}
+	if u.deps.OnLoad != nil {
+		u.deps.OnLoad(mod, dir)
 	}
 	return mod, nil
 }
@@ -438,6 +447,9 @@ func (u *Updater) prepare(ctx context.Context, step string, t *Target) (time.Dur
 		return 0, u.persist(func(x *State) { x.Step = StepChecking })
 	}
 	if step == StepChecking {
+		if u.deps.InstallFault != nil && u.deps.InstallFault(m.Name, m.Version) == "fail" {
+			return u.fail(t, ReasonRequirements, errors.New("simulated install failure (--fault install=fail)"))
+		}
 		if u.deps.Check != nil {
 			if reason, msg := u.deps.Check(m); reason != "" {
 				return u.fail(t, reason, errors.New(msg))
@@ -500,7 +512,11 @@ func (u *Updater) activate(ctx context.Context, t *Target) (time.Duration, error
 		m.Close()
 		return 0, err
 	}
-	if err := smokeTest(ctx, u.slotDir(slot.Name), m); err != nil {
+	err = smokeTest(ctx, u.slotDir(slot.Name), m)
+	if err == nil && u.deps.InstallFault != nil && u.deps.InstallFault(m.Name, m.Version) == "smoke-fail" {
+		err = errors.New("simulated smoke test failure (--fault install=smoke-fail)")
+	}
+	if err != nil {
 		m.Close()
 		return u.fail(t, ReasonSmoke, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/agent/sim"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 )
@@ -28,6 +29,7 @@ const topUsage = `usage: agent COMMAND [flags]
 
 commands:
   run        connect this device to the fleet and serve its models
+  simulate   run N simulated devices (real agents with generated traffic) in one process
   version    print the version
 
 Run 'agent COMMAND --help' for a command's flags.
@@ -42,6 +44,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runAgent(ctx, args[1:], stderr)
+	case "simulate":
+		err = simulate(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "agent", cli.Version)
 	case "help", "--help", "-h", "-help":
@@ -120,11 +124,65 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	a, err := agent.New(agent.Config{
 		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
 		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
-		MemoryReserve: *reserve, StallTimeout: *stall, Faults: agent.ErrorRate(fl), CrashAt: *crashAt,
+		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})
 	if err != nil {
 		return err
 	}
 	return a.Run(ctx)
+}
+
+func simulate(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cli.Usage(fs, "agent simulate --count N --broker URL --data DIR [flags]")
+	count := fs.Int("count", 10, "number of simulated devices (ids sim-00001...)")
+	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker URL(s)")
+	data := fs.String("data", "", "data folder; each device gets DIR/sim-NNNNN")
+	groups := fs.String("groups", "default", "groups with weights, e.g. line-a=60%,line-b=40%")
+	var trustKeys cli.Strings
+	var faults cli.List
+	fs.Var(&trustKeys, "trust", "release public key; repeatable")
+	controlKey := fs.String("control-key", "", "the control plane's desired-state public key")
+	root := fs.String("root", "", "root public key (trust documents) instead of --trust/--control-key")
+	prefix := fs.String("prefix", "edgefleet", "MQTT topic prefix")
+	interval := fs.Duration("telemetry-interval", 60e9, "telemetry interval of each device")
+	rate := fs.Float64("rate", 2, "inference requests per second per device")
+	seed := fs.Uint64("seed", 1, "seed of group and fault assignment")
+	fs.Var(&faults, "fault", "fault keyed by bundle version: 'bundle=NAME@VERSION,install=fail|smoke-fail|errors=P|latency=3x|output-shift=X[,fraction=F][,group=G]' or 'offline=F'; repeatable")
+	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library")
+	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
+	if err := cli.Parse(fs, args); err != nil {
+		return err
+	}
+	if *data == "" {
+		return errors.New("--data is required")
+	}
+	urls, err := mqttc.ParseURLs(*brokerURL)
+	if err != nil {
+		return err
+	}
+	gs, err := sim.ParseGroups(*groups)
+	if err != nil {
+		return err
+	}
+	var fl []agent.Fault
+	for _, f := range faults {
+		pf, err := agent.ParseFault(f)
+		if err != nil {
+			return err
+		}
+		fl = append(fl, pf)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	if *ortLib != "" {
+		os.Setenv("EDGEFLEET_ORT_LIB", *ortLib)
+	}
+	return sim.Run(ctx, sim.Config{Count: *count, Broker: mqttc.Config{URLs: urls}, DataDir: *data, Groups: gs, TrustKeys: trustKeys,
+		ControlKey: *controlKey, Root: *root, Prefix: *prefix, Faults: fl, TelemetryInterval: *interval, RequestsPerSecond: *rate,
+		Seed: *seed, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))})
 }

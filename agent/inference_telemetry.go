@@ -1,0 +1,111 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/internal/onnxrt"
+	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/telemetry"
+	"github.com/edgefleet/edgefleet/telemetry/drift"
+)
+
+// inferenceTelemetry keeps one window collector per served model version and sends their
+// summaries every telemetry interval.
+type inferenceTelemetry struct {
+	mu         sync.Mutex
+	collectors map[string]*telemetry.Collector // bundle id -> collector
+	// outputShift returns a simulated output shift for a model version (fault injection).
+	outputShift func(name, version string) float64
+}
+
+func newInferenceTelemetry(shift func(name, version string) float64) *inferenceTelemetry {
+	return &inferenceTelemetry{collectors: map[string]*telemetry.Collector{}, outputShift: shift}
+}
+
+// collector returns (creating) the collector of a bundle; dir is the installed bundle's folder,
+// where its drift reference lives.
+func (it *inferenceTelemetry) collector(name, version, id, dir string, m *bundle.Manifest) *telemetry.Collector {
+	it.mu.Lock()
+	defer it.mu.Unlock()
+	if c, ok := it.collectors[id]; ok {
+		return c
+	}
+	var ref *drift.Reference
+	if f := m.FileByRole(bundle.RoleReference); f != nil {
+		if b, err := os.ReadFile(filepath.Join(dir, f.Path)); err == nil {
+			ref, _ = drift.ParseReference(b)
+		}
+	}
+	c, err := telemetry.NewCollector(name, version, id, ref, time.Now())
+	if err != nil {
+		c, _ = telemetry.NewCollector(name, version, id, nil, time.Now())
+	}
+	it.collectors[id] = c
+	return c
+}
+
+// observe records one inference call of a model version.
+func (it *inferenceTelemetry) observe(c *telemetry.Collector, name, version string, d time.Duration, err error, in, out []onnxrt.Tensor) {
+	reason := ""
+	if err != nil {
+		reason = "runtime"
+		if _, ok := err.(*onnxrt.InputError); ok {
+			return // the caller's mistake, not the model's
+		}
+	}
+	if s := it.shift(name, version); s != 0 && err == nil {
+		out = shifted(out, s)
+	}
+	c.Observe(d, reason, in, out)
+}
+
+func (it *inferenceTelemetry) shift(name, version string) float64 {
+	if it.outputShift == nil {
+		return 0
+	}
+	return it.outputShift(name, version)
+}
+
+// shifted returns copies of float outputs moved by s: a model whose outputs drifted.
+func shifted(out []onnxrt.Tensor, s float64) []onnxrt.Tensor {
+	res := make([]onnxrt.Tensor, len(out))
+	for i, t := range out {
+		res[i] = t
+		if d, ok := t.Data.([]float32); ok {
+			nd := make([]float32, len(d))
+			for j, v := range d {
+				nd[j] = v + float32(s)
+			}
+			res[i].Data = nd
+		}
+	}
+	return res
+}
+
+// flush sends every collector's window that saw traffic, and forgets collectors of bundles no
+// longer served.
+func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
+	it := a.infTel
+	it.mu.Lock()
+	var windows []telemetry.InferenceWindow
+	now := time.Now()
+	for id, c := range it.collectors {
+		w := c.Flush(now)
+		if w.Requests > 0 {
+			windows = append(windows, w)
+		}
+		if !served[id] {
+			delete(it.collectors, id)
+		}
+	}
+	it.mu.Unlock()
+	for _, w := range windows {
+		if err := a.SendTelemetry(ctx, telemetry.KindInference, w); err != nil && ctx.Err() == nil {
+			a.log.Debug("inference telemetry not sent", "model", w.Model, "err", err)
+		}
+	}
+}
