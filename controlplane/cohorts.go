@@ -1,0 +1,181 @@
+package controlplane
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/deploy"
+	"github.com/edgefleet/edgefleet/telemetry"
+	"github.com/edgefleet/edgefleet/telemetry/drift"
+	"github.com/edgefleet/edgefleet/telemetry/hist"
+)
+
+// cohorts turns devices' stored inference windows into the rollout gates' inputs.
+type cohorts struct {
+	ing       *ingest.Ingest
+	bundleDir string
+
+	mu   sync.Mutex
+	refs map[string]*drift.Reference // bundle id -> reference (nil: none)
+}
+
+// windows returns a device's inference windows of a model since a time.
+func (c *cohorts) windows(ctx context.Context, device, model string, since time.Time) []telemetry.InferenceWindow {
+	msgs, err := c.ing.Query(ctx, device, telemetry.KindInference, since, 0)
+	if err != nil {
+		return nil
+	}
+	var out []telemetry.InferenceWindow
+	for _, m := range msgs {
+		var w telemetry.InferenceWindow
+		if json.Unmarshal(m.Body, &w) == nil && w.Model == model && !w.End.Before(since) {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func (c *cohorts) reference(bundleID string) *drift.Reference {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r, ok := c.refs[bundleID]; ok {
+		return r
+	}
+	var ref *drift.Reference
+	if b, err := os.ReadFile(filepath.Join(c.bundleDir, bundleID, "reference.json")); err == nil {
+		ref, _ = drift.ParseReference(b)
+	}
+	c.refs[bundleID] = ref
+	return ref
+}
+
+// latencySamples turns a histogram into evenly spaced quantiles (at most 400), the sample the rank
+// test gets: it keeps the distribution's shape, and fewer points than requests makes the test
+// conservative rather than over-confident.
+func latencySamples(s hist.Snapshot) []float64 {
+	if s.Count == 0 {
+		return nil
+	}
+	k := int(min(s.Count, 400))
+	out := make([]float64, k)
+	for i := range out {
+		out[i] = float64(s.Quantile((float64(i)+0.5)/float64(k))) / float64(time.Millisecond)
+	}
+	return out
+}
+
+type agg struct {
+	devices  int
+	requests int64
+	errors   int64
+	lat      hist.Snapshot
+	drifts   []drift.Summary
+	bundle   string
+}
+
+func (a *agg) add(w telemetry.InferenceWindow) {
+	a.requests += int64(w.Requests)
+	a.errors += int64(w.Errors)
+	if a.lat.Count == 0 {
+		a.lat = w.Latency
+	} else if m, err := a.lat.Merge(w.Latency); err == nil {
+		a.lat = m
+	}
+	if w.Drift != nil {
+		a.drifts = append(a.drifts, *w.Drift)
+	}
+	a.bundle = w.Bundle
+}
+
+func (a *agg) window() deploy.Window {
+	return deploy.Window{Requests: a.requests, Errors: a.errors, LatenciesMS: latencySamples(a.lat),
+		P95MS: float64(a.lat.Quantile(0.95)) / float64(time.Millisecond)}
+}
+
+// scores compares the cohort's merged feature distributions with the bundle's reference:
+// the largest KS distance over output features (output shift) and over input features.
+func (c *cohorts) scores(a *agg) (out, in *deploy.Score) {
+	if len(a.drifts) == 0 || a.bundle == "" {
+		return nil, nil
+	}
+	ref := c.reference(a.bundle)
+	if ref == nil {
+		return nil, nil
+	}
+	merged, err := drift.Merge(a.drifts...)
+	if err != nil {
+		return nil, nil
+	}
+	rep, err := drift.Compare(ref, merged, drift.Options{})
+	if err != nil {
+		return nil, nil
+	}
+	for _, fs := range rep.Features {
+		f, _, ok := ref.Feature(fs.Feature)
+		if !ok {
+			continue
+		}
+		sc := &deploy.Score{Value: fs.KS, Samples: int64(fs.NCur), RefSamples: int64(fs.NRef)}
+		isOut := f.Source == drift.SourceOutput || f.Source == drift.SourceEmbedding
+		switch {
+		case isOut && (out == nil || sc.Value > out.Value):
+			out = sc
+		case !isOut && (in == nil || sc.Value > in.Value):
+			in = sc
+		}
+	}
+	return out, in
+}
+
+// CohortMetrics builds the model-aware gate inputs: the canary devices' windows on newBundle since
+// the stage's window began, the baseline devices' windows on whatever they run over the same
+// window, and each canary device's own windows before (previous bundle) and after.
+func (c *cohorts) CohortMetrics(ctx context.Context, model, newBundle string, canary, baseline []string, since time.Time) (deploy.Metrics, error) {
+	var m deploy.Metrics
+	var can, base agg
+	m.PerDevice = map[string]deploy.BeforeAfter{}
+	for _, d := range canary {
+		var before, after agg
+		seen := false
+		for _, w := range c.windows(ctx, d, model, since.Add(-time.Hour)) {
+			switch {
+			case w.Bundle == newBundle && !w.End.Before(since):
+				after.add(w)
+				can.add(w)
+				seen = true
+			case w.Bundle != newBundle:
+				before.add(w)
+			}
+		}
+		if seen {
+			can.devices++
+		}
+		if before.requests > 0 && after.requests > 0 {
+			m.PerDevice[d] = deploy.BeforeAfter{Before: before.window(), After: after.window()}
+		}
+	}
+	for _, d := range baseline {
+		seen := false
+		for _, w := range c.windows(ctx, d, model, since) {
+			if w.Bundle != newBundle {
+				base.add(w)
+				seen = true
+			}
+		}
+		if seen {
+			base.devices++
+		}
+	}
+	m.Canary = deploy.Cohort{Devices: can.devices, Window: can.window()}
+	m.Canary.OutputShift, m.Canary.InputDrift = c.scores(&can)
+	if base.devices > 0 {
+		m.Baseline = deploy.Cohort{Devices: base.devices, Window: base.window()}
+		m.Baseline.OutputShift, m.Baseline.InputDrift = c.scores(&base)
+	}
+	return m, nil
+}
