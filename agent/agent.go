@@ -22,6 +22,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgefleet/edgefleet/agent/infer"
+	"github.com/edgefleet/edgefleet/agent/localmqtt"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
@@ -60,6 +62,11 @@ type Config struct {
 	Faults []Fault
 	// CrashAt kills the process right after the install lifecycle persists this step (crash tests).
 	CrashAt string
+	// Serving options: ORT sessions per model version, concurrent runs, dynamic batching.
+	Serving infer.LoadOptions
+	// LocalMQTT, when set, answers inference requests on the device's local broker.
+	LocalMQTT      string
+	LocalMQTTTopic string
 }
 
 // Agent is one running device agent.
@@ -165,6 +172,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			srv.Shutdown(sctx)
 		}()
 		a.log.Info("local inference API listening", "addr", a.ListenAddr)
+	}
+	if a.cfg.LocalMQTT != "" {
+		svc, err := localmqtt.New(a.ota.server, localmqtt.Config{Broker: a.cfg.LocalMQTT, Topic: a.cfg.LocalMQTTTopic, ClientID: "edgefleet-local-" + a.cfg.ID, Logger: a.log})
+		if err != nil {
+			return fmt.Errorf("local MQTT inference: %w", err)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); svc.Run(ctx) }()
 	}
 	a.runCtx = ctx
 	a.ota.mu.Lock()

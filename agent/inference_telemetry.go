@@ -2,11 +2,13 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/telemetry"
@@ -18,12 +20,13 @@ import (
 type inferenceTelemetry struct {
 	mu         sync.Mutex
 	collectors map[string]*telemetry.Collector // bundle id -> collector
+	idle       map[string]int                  // bundle id -> consecutive windows without traffic
 	// outputShift returns a simulated output shift for a model version (fault injection).
 	outputShift func(name, version string) float64
 }
 
 func newInferenceTelemetry(shift func(name, version string) float64) *inferenceTelemetry {
-	return &inferenceTelemetry{collectors: map[string]*telemetry.Collector{}, outputShift: shift}
+	return &inferenceTelemetry{collectors: map[string]*telemetry.Collector{}, idle: map[string]int{}, outputShift: shift}
 }
 
 // collector returns (creating) the collector of a bundle; dir is the installed bundle's folder,
@@ -52,9 +55,13 @@ func (it *inferenceTelemetry) collector(name, version, id, dir string, m *bundle
 func (it *inferenceTelemetry) observe(c *telemetry.Collector, name, version string, d time.Duration, err error, in, out []onnxrt.Tensor) {
 	reason := ""
 	if err != nil {
+		var ie *onnxrt.InputError
+		if errors.As(err, &ie) || errors.Is(err, context.Canceled) {
+			return // the caller's mistake or departure, not the model's
+		}
 		reason = "runtime"
-		if _, ok := err.(*onnxrt.InputError); ok {
-			return // the caller's mistake, not the model's
+		if errors.Is(err, infer.ErrInjected) {
+			reason = "injected"
 		}
 	}
 	if s := it.shift(name, version); s != 0 && err == nil {
@@ -86,8 +93,8 @@ func shifted(out []onnxrt.Tensor, s float64) []onnxrt.Tensor {
 	return res
 }
 
-// flush sends every collector's window that saw traffic, and forgets collectors of bundles no
-// longer served.
+// flushInference sends every collector's window that saw traffic, and forgets collectors of
+// bundles no longer served.
 func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
 	it := a.infTel
 	it.mu.Lock()
@@ -97,9 +104,14 @@ func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
 		w := c.Flush(now)
 		if w.Requests > 0 {
 			windows = append(windows, w)
+			it.idle[id] = 0
+			continue
 		}
-		if !served[id] {
+		// A collector is made when its model loads, before the switch; forget it only once it
+		// has been neither served nor used for a while.
+		if it.idle[id]++; !served[id] && it.idle[id] > 3 {
 			delete(it.collectors, id)
+			delete(it.idle, id)
 		}
 	}
 	it.mu.Unlock()

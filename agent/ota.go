@@ -71,6 +71,7 @@ type otaState struct {
 const desiredFile = "desired.json"
 
 func (a *Agent) initOTA(ctx context.Context) error {
+	infer.SetDefaults(a.cfg.Serving)
 	o := &otaState{updaters: map[string]*updater.Updater{}, server: infer.NewServer(a.cfgVersion()), carousels: map[string]bool{}, reportReq: make(chan struct{}, 1)}
 	a.ota = o
 	ts, err := a.loadTrust(ctx)
@@ -233,6 +234,7 @@ func (a *Agent) updater(name string) (*updater.Updater, error) {
 		Report:       a.onInstallChange,
 		Faults:       ErrorRate(a.cfg.Faults),
 		InstallFault: InstallFault(a.cfg.Faults),
+		OnLoad:       a.attachTelemetry,
 		CrashAt:      a.cfg.CrashAt,
 		Logger:       a.log,
 	})
@@ -462,4 +464,17 @@ func (a *Agent) Served() []ServedModel {
 func (a *Agent) Infer(ctx context.Context, model string, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
 	out, _, err := a.ota.server.Infer(ctx, model, in)
 	return out, err
+}
+
+// attachTelemetry makes every call of a loaded model feed its telemetry window.
+func (a *Agent) attachTelemetry(m *infer.Model, dir string) {
+	c := a.infTel.collector(m.Name, m.Version, m.Bundle, dir, m.Manifest)
+	slow := LatencyFactor(a.cfg.Faults)(m.Name, m.Version)
+	m.Observer = func(d time.Duration, err error, in, out []onnxrt.Tensor) {
+		if slow > 1 {
+			// Simulated slowness is reported, not slept: a fleet of simulated devices stays cheap.
+			d = time.Duration(float64(d) * slow)
+		}
+		a.infTel.observe(c, m.Name, m.Version, d, err, in, out)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/deploy"
 	"github.com/edgefleet/edgefleet/telemetry"
@@ -18,6 +19,7 @@ import (
 // cohorts turns devices' stored inference windows into the rollout gates' inputs.
 type cohorts struct {
 	ing       *ingest.Ingest
+	reg       *fleet.Registry
 	bundleDir string
 
 	mu   sync.Mutex
@@ -132,13 +134,29 @@ func (c *cohorts) scores(a *agg) (out, in *deploy.Score) {
 	return out, in
 }
 
-// CohortMetrics builds the model-aware gate inputs: the canary devices' windows on newBundle since
-// the stage's window began, the baseline devices' windows on whatever they run over the same
-// window, and each canary device's own windows before (previous bundle) and after.
-func (c *cohorts) CohortMetrics(ctx context.Context, model, newBundle string, canary, baseline []string, since time.Time) (deploy.Metrics, error) {
+// active is the bundle a device reports serving for a model.
+func (c *cohorts) active(device, model string) string {
+	d, err := c.reg.Get(device)
+	if err != nil || d.Reported == nil {
+		return ""
+	}
+	return d.Reported.Models[model].Active
+}
+
+// CohortMetrics builds the model-aware gate inputs: the canary devices' windows on the bundle they
+// now serve since the stage's window began, the baseline devices' windows on the bundle they serve
+// over the same window, and each canary device's own windows before (any other bundle, the hour
+// before) and after.
+func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, baseline []string, since time.Time) (deploy.Metrics, error) {
 	var m deploy.Metrics
 	var can, base agg
 	m.PerDevice = map[string]deploy.BeforeAfter{}
+	newBundle := ""
+	for _, d := range canary {
+		if newBundle = c.active(d, model); newBundle != "" {
+			break
+		}
+	}
 	for _, d := range canary {
 		var before, after agg
 		seen := false

@@ -27,10 +27,12 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
+	"github.com/edgefleet/edgefleet/telemetry/drift"
 )
 
 // Config of one control plane process.
@@ -151,6 +153,13 @@ func Run(ctx context.Context, cfg Config) error {
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
 	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
+	// read the devices' committed inference windows.
+	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{}}
+	rollouts, err := rollout.New(rollout.Config{Store: st, Fleet: rolloutFleet{ds}, Metrics: metrics, Logger: log})
+	if err != nil {
+		return err
+	}
 	wg.Add(1)
 	go func() { defer wg.Done(); ing.Run(svcCtx) }()
 	events := make(chan string, 4096)
@@ -172,6 +181,9 @@ func Run(ctx context.Context, cfg Config) error {
 			case events <- p.Device:
 			default: // the next reported message triggers it again
 			}
+		}
+		if err == nil && (p.Kind == wire.KindReported || p.Kind == wire.KindStatus) {
+			rollouts.Poke() // rollouts: a device's install state or presence changed
 		}
 	}
 	wg.Add(2)
@@ -224,13 +236,20 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := assigner.RepublishAll(ctx); err != nil {
 		log.Warn("republishing desired states failed; devices get them on their next report", "err", err)
 	}
+	// Rollouts start once the broker is up, so the actions replayed from the outbox reach devices,
+	// and stop with ctx, before the broker closes: the fleet dropping off a stopping control plane
+	// is not evidence against a rollout.
+	roCtx, stopRollouts := context.WithCancel(ctx)
+	defer stopRollouts()
+	wg.Add(1)
+	go func() { defer wg.Done(); rollouts.Run(roCtx) }()
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, AdminTokenHash: tokenHash, Logger: log,
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, AdminTokenHash: tokenHash, Logger: log,
 			Metrics: metricsHandler(reg, blocks)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

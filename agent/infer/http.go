@@ -1,16 +1,23 @@
 package infer
 
 import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
 
-// MaxRequestBytes bounds one JSON inference request.
+// MaxRequestBytes bounds one inference request body (after decompression).
 const MaxRequestBytes = 64 << 20
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -20,19 +27,39 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeErr(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(oip.AppendError(nil, msg))
 }
 
-// Handler serves the Open Inference Protocol REST API.
+// Status maps an inference error to its HTTP status: 400 for the caller's mistakes, 404 for a
+// name or version not served, 503 while a model is loading, 500 for the runtime's failures.
+func Status(err error) int {
+	var ie *onnxrt.InputError
+	switch {
+	case errors.Is(err, ErrNoModel), errors.Is(err, ErrVersion):
+		return http.StatusNotFound
+	case errors.Is(err, ErrLoading):
+		return http.StatusServiceUnavailable
+	case errors.As(err, &ie), errors.Is(err, oip.ErrBadRequest), errors.Is(err, ErrOutputName):
+		return http.StatusBadRequest
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+// Handler serves the Open Inference Protocol REST API, and Prometheus metrics on /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v2", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, 200, map[string]any{"name": "edgefleet-agent", "version": s.Agent, "extensions": []string{}})
+		writeJSON(w, 200, map[string]any{"name": "edgefleet-agent", "version": s.Agent, "extensions": []string{oip.ExtensionBinary}})
 	})
 	mux.HandleFunc("GET /v2/health/live", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) })
 	mux.HandleFunc("GET /v2/health/ready", func(w http.ResponseWriter, r *http.Request) {
+		// The protocol reads 200 as true and a 4xx as false.
 		if len(s.Names()) == 0 {
-			writeErr(w, http.StatusServiceUnavailable, "no verified model is loaded yet")
+			writeErr(w, http.StatusBadRequest, "not ready: no verified model is loaded yet")
 			return
 		}
 		w.WriteHeader(200)
@@ -42,6 +69,7 @@ func (s *Server) Handler() http.Handler {
 		mux.HandleFunc("GET "+prefix+"/ready", s.ready)
 		mux.HandleFunc("POST "+prefix+"/infer", s.infer)
 	}
+	mux.Handle("GET /metrics", s.MetricsHandler())
 	return mux
 }
 
@@ -50,11 +78,16 @@ func (s *Server) model(w http.ResponseWriter, r *http.Request) (*Model, bool) {
 	name, version := r.PathValue("name"), r.PathValue("version")
 	m, ok := s.Get(name)
 	if !ok {
-		writeErr(w, http.StatusNotFound, "model "+name+" is not served on this device")
+		err := s.missing(name)
+		st := Status(err)
+		if st == http.StatusServiceUnavailable && strings.HasSuffix(r.URL.Path, "/ready") {
+			st = http.StatusBadRequest // readiness is a boolean: 4xx is false
+		}
+		writeErr(w, st, err.Error())
 		return nil, false
 	}
 	if version != "" && version != m.Version {
-		writeErr(w, http.StatusNotFound, "model "+name+" version "+version+" is not served (serving "+m.Version+")")
+		writeErr(w, http.StatusNotFound, fmt.Sprintf("model %s version %s is not served (serving %s)", name, version, m.Version))
 		return nil, false
 	}
 	return m, true
@@ -69,7 +102,11 @@ type tensorMeta struct {
 func meta(ts []onnxrt.TensorInfo) []tensorMeta {
 	out := make([]tensorMeta, 0, len(ts))
 	for _, t := range ts {
-		out = append(out, tensorMeta{t.Name, string(t.DType), t.Shape})
+		shape := t.Shape
+		if shape == nil {
+			shape = []int64{-1} // rank unknown; the protocol has no spelling for it
+		}
+		out = append(out, tensorMeta{t.Name, string(t.DType), shape})
 	}
 	return out
 }
@@ -80,9 +117,12 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sc := m.Schema()
+	params := map[string]any{"bundle": m.Bundle, "execution_provider": m.Provider(), "dynamic_batching": m.Batching()}
+	if fr := m.FallbackReason(); fr != "" {
+		params["execution_provider_fallback"] = fr
+	}
 	writeJSON(w, 200, map[string]any{"name": m.Name, "versions": []string{m.Version}, "platform": "onnxruntime_onnx",
-		"inputs": meta(sc.Inputs), "outputs": meta(sc.Outputs),
-		"parameters": map[string]any{"bundle": m.Bundle, "execution_provider": m.Provider()}})
+		"inputs": meta(sc.Inputs), "outputs": meta(sc.Outputs), "parameters": params})
 }
 
 func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
@@ -91,66 +131,117 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
-	name, version := r.PathValue("name"), r.PathValue("version")
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxRequestBytes))
-	if err != nil {
-		writeErr(w, http.StatusRequestEntityTooLarge, "request body over the limit")
+func (s *Server) maxBody() int64 {
+	if s.MaxBody > 0 {
+		return s.MaxBody
+	}
+	return MaxRequestBytes
+}
+
+type buffers struct {
+	body bytes.Buffer
+	resp oip.ResponseWriter
+}
+
+func (s *Server) getBufs() *buffers {
+	if b, ok := s.bufs.Get().(*buffers); ok {
+		return b
+	}
+	return &buffers{}
+}
+
+func (s *Server) putBufs(b *buffers) {
+	// A one-off huge request should not pin its buffer forever.
+	if b.body.Cap() > 8<<20 || cap(b.resp.JSON)+cap(b.resp.Binary) > 8<<20 {
 		return
 	}
-	req, err := oip.ParseRequest(body)
+	b.body.Reset()
+	b.resp.Reset()
+	s.bufs.Put(b)
+}
+
+func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
+	name, version := r.PathValue("name"), r.PathValue("version")
+	bufs := s.getBufs()
+	defer s.putBufs(bufs)
+	body, status, err := readBody(w, r, &bufs.body, s.maxBody())
+	if err != nil {
+		writeErr(w, status, err.Error())
+		return
+	}
+	header, bin := body, []byte(nil)
+	if hl := r.Header.Get(oip.HeaderLengthKey); hl != "" {
+		n, err := strconv.Atoi(hl)
+		if err != nil || n < 0 || n > len(body) {
+			writeErr(w, http.StatusBadRequest, fmt.Sprintf("%s %q does not fit a body of %d bytes", oip.HeaderLengthKey, hl, len(body)))
+			return
+		}
+		header, bin = body[:n], body[n:]
+	}
+	c, err := oip.ParseCall(header, bin, oip.ParseOptions{})
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	in := make([]onnxrt.Tensor, 0, len(req.Inputs))
-	for _, t := range req.Inputs {
-		rt, err := oip.Decode(t)
-		if err != nil {
-			writeErr(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		in = append(in, rt)
-	}
-	m, release, ok := s.Acquire(name)
-	if !ok {
-		writeErr(w, http.StatusNotFound, "model "+name+" is not served on this device")
-		return
-	}
-	defer release()
-	if version != "" && version != m.Version {
-		writeErr(w, http.StatusNotFound, "model "+name+" version "+version+" is not served (serving "+m.Version+")")
-		return
-	}
-	out, err := m.Run(r.Context(), in)
+	out, m, err := s.call(r.Context(), name, version, c)
 	if err != nil {
-		var ie *onnxrt.InputError
-		if errors.As(err, &ie) {
-			writeErr(w, http.StatusBadRequest, err.Error())
-			return
+		if errors.Is(err, ErrLoading) {
+			w.Header().Set("Retry-After", "1")
 		}
-		writeErr(w, http.StatusInternalServerError, "inference failed: "+err.Error())
+		writeErr(w, Status(err), err.Error())
 		return
 	}
-	want := map[string]bool{}
-	for _, o := range req.Outputs {
-		want[o.Name] = true
-	}
-	resp := oip.Response{ModelName: m.Name, ModelVersion: m.Version, ID: req.ID}
+	rw := &bufs.resp
+	rw.Begin(m.Name, m.Version, c.ID)
 	for _, t := range out {
-		if len(want) > 0 && !want[t.Name] {
-			continue
-		}
-		enc, err := oip.Encode(t)
+		rw.Output(t, c.BinaryOutput(t.Name))
+	}
+	rw.End()
+	h := w.Header()
+	if len(rw.Binary) > 0 {
+		h.Set(oip.HeaderLengthKey, strconv.Itoa(len(rw.JSON)))
+		h.Set("Content-Type", "application/octet-stream")
+	} else {
+		h.Set("Content-Type", "application/json")
+	}
+	h.Set("Content-Length", strconv.Itoa(len(rw.JSON)+len(rw.Binary)))
+	w.WriteHeader(200)
+	w.Write(rw.JSON)
+	if len(rw.Binary) > 0 {
+		w.Write(rw.Binary)
+	}
+}
+
+// readBody reads the request body into buf, decompressing gzip or deflate (Triton clients'
+// request compression), bounded by MaxRequestBytes either way.
+func readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer, limit int64) ([]byte, int, error) {
+	if r.ContentLength > limit {
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body of %d bytes is over the limit of %d", r.ContentLength, limit)
+	}
+	var src io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	switch enc := r.Header.Get("Content-Encoding"); enc {
+	case "", "identity":
+	case "gzip":
+		zr, err := gzip.NewReader(src)
 		if err != nil {
-			writeErr(w, http.StatusInternalServerError, err.Error())
-			return
+			return nil, http.StatusBadRequest, fmt.Errorf("gzip body: %w", err)
 		}
-		resp.Outputs = append(resp.Outputs, enc)
+		src = zr
+	case "deflate":
+		src = flate.NewReader(src)
+	default:
+		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("content encoding %q is not supported (gzip, deflate)", enc)
 	}
-	if len(want) > 0 && len(resp.Outputs) != len(want) {
-		writeErr(w, http.StatusBadRequest, "requested outputs include a name the model does not have")
-		return
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
 	}
-	writeJSON(w, 200, resp)
+	_, err := buf.ReadFrom(io.LimitReader(src, limit+1))
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe) || int64(buf.Len()) > limit:
+		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body is over the limit of %d bytes", limit)
+	case err != nil:
+		return nil, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
+	}
+	return buf.Bytes(), 0, nil
 }

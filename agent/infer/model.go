@@ -1,22 +1,61 @@
-// Package infer serves a device's models: one ONNX Runtime session per model version, swapped
+// Package infer serves a device's models: ONNX Runtime sessions per model version, swapped
 // under load without failing a request (in-flight calls finish on the old session, new calls go to
-// the new one, the old one closes after it drains), and the Open Inference Protocol (v2) REST API
-// for the applications next to the device.
+// the new one, the old one closes after it drains), the Open Inference Protocol (v2) REST API for
+// the applications next to the device (JSON and Triton's binary tensor extension), optional
+// dynamic batching, shadow serving, and per-version metrics.
+//
+// It must not know about MQTT sessions with the control plane, bundles' transfer or trust: it is
+// handed verified manifests and installed files. Only internal/onnxrt touches ONNX Runtime.
 package infer
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 )
+
+// LoadOptions are the serving options of a model version beyond ONNX Runtime's session options.
+type LoadOptions struct {
+	// Sessions is how many ORT sessions serve the version (0 = 1). ORT runs concurrent calls on
+	// one session, so more sessions only help where a model's kernels serialize; each costs a
+	// copy of the weights, which on an edge device is usually the scarcer resource.
+	Sessions int
+	// Concurrency bounds the runs in progress at once (0 = the number of CPU cores); callers
+	// beyond it queue, and the wait is measured (queue_wait). Without a bound, 16 callers on a
+	// 2-core device would each start a run and all finish late.
+	Concurrency int
+	// MaxBatch > 1 turns on dynamic batching for models whose inputs and outputs all have a
+	// dynamic first dimension: requests queued while every run slot is busy are stacked into one
+	// run of up to MaxBatch rows and split back. An idle model runs a request at once.
+	MaxBatch int
+	// MaxWait bounds how long a queued request waits for others to join its batch (default 2ms).
+	MaxWait time.Duration
+}
+
+var defaultLoad atomic.Pointer[LoadOptions]
+
+// SetDefaults sets the LoadOptions that Load uses (the agent's --infer-* flags). The install
+// lifecycle calls Load without them, so they are process-wide, like ORT's own environment.
+func SetDefaults(o LoadOptions) { defaultLoad.Store(&o) }
+
+// Defaults returns the LoadOptions Load uses.
+func Defaults() LoadOptions {
+	if p := defaultLoad.Load(); p != nil {
+		return *p
+	}
+	return LoadOptions{}
+}
 
 // Model is one loaded model version.
 type Model struct {
@@ -24,19 +63,33 @@ type Model struct {
 	Version  string
 	Bundle   string
 	Manifest *bundle.Manifest
-	sess     *onnxrt.Session
+	sess     *onnxrt.Session // sessions[0]: schema and provider
+
+	sessions []*onnxrt.Session
+	slots    chan int // run slots; a slot's number picks its session
+	batch    *batcher // nil without dynamic batching
+	met      *metrics
 
 	inflight sync.WaitGroup
+	nflight  atomic.Int64
 	closed   atomic.Bool
 	// FaultErrorRate makes that fraction of calls fail (fault injection for tests and
 	// simulations; zero in production).
 	FaultErrorRate float64
+	// Observer, when set before the model is served, sees every call (the agent's telemetry
+	// windows: latency, errors, and the inputs and outputs its drift profile samples).
+	Observer func(d time.Duration, err error, in, out []onnxrt.Tensor)
 
 	requests, errors atomic.Int64
 }
 
-// Load opens the model file of an installed bundle in dir.
+// Load opens the model file of an installed bundle in dir with the process defaults (SetDefaults).
 func Load(dir, id string, m *bundle.Manifest, opts onnxrt.Options) (*Model, error) {
+	return LoadWith(dir, id, m, opts, Defaults())
+}
+
+// LoadWith opens the model file of an installed bundle in dir.
+func LoadWith(dir, id string, m *bundle.Manifest, opts onnxrt.Options, lo LoadOptions) (*Model, error) {
 	f := m.FileByRole(bundle.RoleModel)
 	if f == nil {
 		return nil, fmt.Errorf("bundle %s has no model file", id)
@@ -45,11 +98,45 @@ func Load(dir, id string, m *bundle.Manifest, opts onnxrt.Options) (*Model, erro
 	if err != nil {
 		return nil, fmt.Errorf("read model: %w", err)
 	}
-	sess, err := onnxrt.NewSession(b, opts)
-	if err != nil {
-		return nil, fmt.Errorf("load %s@%s in ONNX Runtime: %w", m.Name, m.Version, err)
+	return New(b, id, m, opts, lo)
+}
+
+// New loads a model from its bytes.
+func New(model []byte, id string, m *bundle.Manifest, opts onnxrt.Options, lo LoadOptions) (*Model, error) {
+	nsess := max(lo.Sessions, 1)
+	conc := lo.Concurrency
+	if conc <= 0 {
+		conc = runtime.NumCPU()
 	}
-	return &Model{Name: m.Name, Version: m.Version, Bundle: id, Manifest: m, sess: sess}, nil
+	mod := &Model{Name: m.Name, Version: m.Version, Bundle: id, Manifest: m, slots: make(chan int, conc)}
+	for i := range nsess {
+		sess, err := onnxrt.NewSession(model, opts)
+		if err != nil {
+			for _, s := range mod.sessions {
+				s.Close()
+			}
+			return nil, fmt.Errorf("load %s@%s in ONNX Runtime (session %d of %d): %w", m.Name, m.Version, i+1, nsess, err)
+		}
+		mod.sessions = append(mod.sessions, sess)
+	}
+	mod.sess = mod.sessions[0]
+	for i := range conc {
+		mod.slots <- i
+	}
+	mod.met = newMetrics()
+	if r := mod.sess.FallbackReason(); r != "" {
+		// Loud on purpose: a device expected to run on its GPU is now several times slower.
+		slog.Warn("execution provider fell back", "model", m.Name, "version", m.Version,
+			"requested", opts.ExecutionProvider, "provider", mod.sess.Provider(), "reason", r)
+	}
+	if lo.MaxBatch > 1 && batchable(mod.sess.Schema()) {
+		wait := lo.MaxWait
+		if wait <= 0 {
+			wait = 2 * time.Millisecond
+		}
+		mod.batch = newBatcher(mod, lo.MaxBatch, wait)
+	}
+	return mod, nil
 }
 
 // ErrInjected is the error a fault-injected call returns.
@@ -57,19 +144,63 @@ var ErrInjected = errors.New("injected inference fault")
 
 // Run runs the model directly (the smoke test uses this before the model is served).
 func (m *Model) Run(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
+	start := time.Now()
 	m.requests.Add(1)
+	m.met.requests.Add(1)
 	if m.FaultErrorRate > 0 && rand.Float64() < m.FaultErrorRate {
 		m.errors.Add(1)
+		m.met.fail(reasonInjected)
+		if m.Observer != nil {
+			m.Observer(time.Since(start), ErrInjected, in, nil)
+		}
 		return nil, ErrInjected
 	}
-	out, err := m.sess.Run(ctx, in)
+	var out []onnxrt.Tensor
+	var err error
+	if m.batch != nil {
+		out, err = m.batch.run(ctx, in)
+	} else {
+		out, err = m.direct(ctx, in)
+	}
+	m.met.latency.Observe(time.Since(start))
 	if err != nil {
-		var ie *onnxrt.InputError
-		if !errors.As(err, &ie) {
+		r := reasonOf(err)
+		if r != reasonInput {
 			m.errors.Add(1)
 		}
+		m.met.fail(r)
+	}
+	if m.Observer != nil {
+		m.Observer(time.Since(start), err, in, out)
 	}
 	return out, err
+}
+
+// direct runs on a free session slot, waiting for one if all are busy.
+func (m *Model) direct(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
+	slot, err := m.slot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { m.slots <- slot }()
+	return m.sessions[slot%len(m.sessions)].Run(ctx, in)
+}
+
+func (m *Model) slot(ctx context.Context) (int, error) {
+	select {
+	case s := <-m.slots:
+		m.met.queueWait.Observe(0)
+		return s, nil
+	default:
+	}
+	t0 := time.Now()
+	select {
+	case s := <-m.slots:
+		m.met.queueWait.Observe(time.Since(t0))
+		return s, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
 }
 
 // RunUnfaulted runs the session without injected faults and without counting: the smoke test
@@ -84,88 +215,28 @@ func (m *Model) Schema() onnxrt.Schema { return m.sess.Schema() }
 // Provider is the execution provider the session runs on.
 func (m *Model) Provider() string { return m.sess.Provider() }
 
+// FallbackReason says why the requested execution provider is not the one in use ("" if it is).
+func (m *Model) FallbackReason() string { return m.sess.FallbackReason() }
+
+// Batching reports whether dynamic batching is on for this version.
+func (m *Model) Batching() bool { return m.batch != nil }
+
 // Counts returns requests and runtime errors (input errors are the caller's, not the model's).
 func (m *Model) Counts() (requests, errs int64) { return m.requests.Load(), m.errors.Load() }
 
-// Close waits for in-flight calls and releases the session.
+// InFlight is the number of calls holding this version (acquired and not yet released).
+func (m *Model) InFlight() int64 { return m.nflight.Load() }
+
+// Close waits for in-flight calls and releases the sessions.
 func (m *Model) Close() {
 	if m.closed.Swap(true) {
 		return
 	}
 	m.inflight.Wait()
-	m.sess.Close()
-}
-
-// Server holds the models being served, by name.
-type Server struct {
-	mu     sync.RWMutex
-	models map[string]*Model
-	Agent  string // server name for GET /v2
-}
-
-// NewServer returns an empty server.
-func NewServer(version string) *Server {
-	return &Server{models: map[string]*Model{}, Agent: version}
-}
-
-// Swap makes m the served version of its name and returns the previous one, which the caller
-// closes (Close waits until the calls it was serving are done). m nil removes the model.
-func (s *Server) Swap(name string, m *Model) (old *Model) {
-	s.mu.Lock()
-	old = s.models[name]
-	if m == nil {
-		delete(s.models, name)
-	} else {
-		s.models[name] = m
+	if m.batch != nil {
+		m.batch.close()
 	}
-	s.mu.Unlock()
-	return old
-}
-
-// Acquire returns the served model of a name and a release function. Acquisition happens under
-// the read lock, so a swap (write lock) cannot close a model between lookup and use.
-func (s *Server) Acquire(name string) (*Model, func(), bool) {
-	s.mu.RLock()
-	m, ok := s.models[name]
-	if ok {
-		m.inflight.Add(1)
+	for _, s := range m.sessions {
+		s.Close()
 	}
-	s.mu.RUnlock()
-	if !ok {
-		return nil, nil, false
-	}
-	return m, m.inflight.Done, true
 }
-
-// Get returns the served model without holding it (for reports).
-func (s *Server) Get(name string) (*Model, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	m, ok := s.models[name]
-	return m, ok
-}
-
-// Names lists served models.
-func (s *Server) Names() []string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]string, 0, len(s.models))
-	for n := range s.models {
-		out = append(out, n)
-	}
-	return out
-}
-
-// Infer runs a request on the served model of name.
-func (s *Server) Infer(ctx context.Context, name string, in []onnxrt.Tensor) ([]onnxrt.Tensor, *Model, error) {
-	m, release, ok := s.Acquire(name)
-	if !ok {
-		return nil, nil, fmt.Errorf("%w: %s", ErrNoModel, name)
-	}
-	defer release()
-	out, err := m.Run(ctx, in)
-	return out, m, err
-}
-
-// ErrNoModel is returned for a model name that is not served.
-var ErrNoModel = errors.New("model not served")

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/agent/sim"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
@@ -92,6 +93,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	reserve := fs.Uint64("memory-reserve", 64<<20, "bytes of memory kept free when checking room for a second session")
 	stall := fs.Duration("stall-timeout", 60e9, "abandon a download that makes no progress for this long (retried with backoff)")
 	fs.Var(&faults, "fault", "inject a fault for testing, e.g. 'bundle=NAME@VERSION,errors=0.5'; repeatable")
+	sessions := fs.Int("infer-sessions", 1, "ONNX Runtime sessions per model version")
+	concurrency := fs.Int("infer-concurrency", 0, "concurrent runs per model (0: number of cores)")
+	maxBatch := fs.Int("max-batch", 0, "dynamic batching: most requests stacked into one run (0: off)")
+	maxBatchWait := fs.Duration("max-batch-wait", 2e6, "dynamic batching: longest a request waits for others")
+	localMQTT := fs.String("local-mqtt", "", "answer inference requests on this local MQTT broker (e.g. mqtt://127.0.0.1:1883); empty: off")
+	localTopic := fs.String("local-mqtt-topic", "", "local request topic with a {model} level (default edgefleet/local/infer/{model})")
 	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := cli.Parse(fs, args); err != nil {
@@ -125,6 +132,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
 		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
+		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
+		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})
 	if err != nil {

@@ -88,6 +88,7 @@ const clientUsage = `operator commands (against a running control plane):
   controlplane ... groups list | groups show GROUP | groups assign GROUP BUNDLE
   controlplane ... bundles push FILE | bundles list | bundles show ID | bundles stage ID staging|production|archived
   controlplane ... desired set DEVICE BUNDLE
+  controlplane ... rollouts create|list|show|devices|pause|resume|abort|approve|rollback ... | groups rollback GROUP [--model M]
 `
 
 func runClient(args []string, stdout, stderr io.Writer) error {
@@ -104,6 +105,9 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s %s: wrong number of arguments\n%s", noun, verb, strings.TrimSpace(clientUsage))
 		}
 		return nil
+	}
+	if handled, err := c.rolloutCommand(noun, verb, rest, stderr); handled { // cmd/controlplane/rollouts.go
+		return err
 	}
 	esc := url.PathEscape
 	switch noun + " " + verb {

@@ -33,6 +33,7 @@ type Config struct {
 	Bundles   Bundles
 	Desired   Desired
 	Telemetry Telemetry
+	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -82,6 +83,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/bundles", h.listBundles)
 	v1.GET("/bundles/:id", h.getBundle)
 	v1.PUT("/bundles/:id/stage", h.setStage)
+	h.rolloutRoutes(v1)
 	return r
 }
 
