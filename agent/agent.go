@@ -24,6 +24,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/agent/localmqtt"
+	"github.com/edgefleet/edgefleet/agent/spool"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
@@ -64,6 +65,12 @@ type Config struct {
 	CrashAt string
 	// Serving options: ORT sessions per model version, concurrent runs, dynamic batching.
 	Serving infer.LoadOptions
+	// Spool bounds (0: 16 MiB, 7 days); DrainRate is messages per second when catching up (0: 20).
+	SpoolMaxBytes int64
+	SpoolMaxAge   time.Duration
+	DrainRate     float64
+	// SpoolNoSync skips fsync in the spool (simulators only: gives up crash safety).
+	SpoolNoSync bool
 	// LocalMQTT, when set, answers inference requests on the device's local broker.
 	LocalMQTT      string
 	LocalMQTTTopic string
@@ -83,6 +90,7 @@ type Agent struct {
 
 	ota    *otaState
 	infTel *inferenceTelemetry
+	spool  *spool.Spool
 	runCtx context.Context
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
@@ -98,8 +106,7 @@ type (
 // persisted is the agent's small durable state, written atomically before it is used, so a
 // session number or a telemetry sequence number is never issued twice.
 type persisted struct {
-	Session      uint64 `json:"session"`
-	TelemetrySeq uint64 `json:"telemetry_seq"`
+	Session uint64 `json:"session"`
 }
 
 const stateFile = "agent-state.json"
@@ -120,6 +127,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.TelemetryInterval <= 0 {
 		cfg.TelemetryInterval = 60 * time.Second
+	}
+	if cfg.SpoolMaxBytes <= 0 {
+		cfg.SpoolMaxBytes = 16 << 20
+	}
+	if cfg.SpoolMaxAge <= 0 {
+		cfg.SpoolMaxAge = 7 * 24 * time.Hour
+	}
+	if cfg.DrainRate <= 0 {
+		cfg.DrainRate = 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -152,6 +168,10 @@ func (a *Agent) saveLocked() error {
 // disconnects cleanly.
 func (a *Agent) Run(ctx context.Context) error {
 	a.host = telemetry.CollectHostFacts(ctx, a.cfg.DataDir)
+	if err := a.openSpool(); err != nil {
+		return err
+	}
+	defer a.spool.Close()
 	if err := a.initOTA(ctx); err != nil {
 		return err
 	}
@@ -189,9 +209,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.ota.mu.Unlock()
 	close(a.Ready)
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
 	go func() { defer wg.Done(); a.reportLoop(ctx) }()
+	go func() { defer wg.Done(); a.drainLoop(ctx) }()
 	err := a.sessionLoop(ctx)
 	wg.Wait()
 	return err
@@ -389,6 +410,8 @@ func (a *Agent) onMessage(topic string, payload []byte) {
 		a.handleDesired(context.Background(), payload)
 	case a.topics.Trust():
 		a.handleTrust(context.Background(), payload)
+	case a.topics.Ack(a.cfg.ID):
+		a.handleAck(payload)
 	case a.topics.Blocks(a.cfg.ID):
 		a.ota.fetcher.OnFrame(payload)
 	default:
@@ -410,6 +433,11 @@ func (a *Agent) publishReported(ctx context.Context) error {
 		Device: a.cfg.ID, AgentVersion: cli.Version, Session: session, Group: a.cfg.Group, Labels: a.cfg.Labels,
 		Host: a.host, Runtime: a.ota.runtime, Generation: gen, DesiredError: refused, Models: models, At: time.Now().UTC(),
 	}
+	if a.spool != nil {
+		st := a.spool.Stats()
+		rep.Spool = &wire.SpoolReport{NextSeq: st.NextSeq, LastAck: st.LastAck, Pending: st.Pending, PendingSeqs: st.PendingSeqs,
+			Bytes: st.Bytes, Merged: st.Merged, Dropped: st.Dropped}
+	}
 	b, err := json.Marshal(rep)
 	if err != nil {
 		return err
@@ -419,7 +447,8 @@ func (a *Agent) publishReported(ctx context.Context) error {
 
 func (a *Agent) telemetryLoop(ctx context.Context) {
 	// The first sample goes out as soon as the device is connected, so a new device shows its
-	// health at once rather than after a whole interval.
+	// health at once rather than after a whole interval. Reported state (with the spool's
+	// accounting) is refreshed every interval too.
 	first := time.NewTicker(200 * time.Millisecond)
 	defer first.Stop()
 	for {
@@ -440,35 +469,11 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 			a.log.Warn("health telemetry not sent", "err", err)
 		}
 		a.flushInference(ctx, a.servedBundles())
+		a.requestReport()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
-}
-
-// SendTelemetry publishes one telemetry message with the next sequence number on the device's
-// shard topic.
-func (a *Agent) SendTelemetry(ctx context.Context, kind string, body any) error {
-	raw, err := json.Marshal(body)
-	if err != nil {
-		return fmt.Errorf("encode %s telemetry: %w", kind, err)
-	}
-	a.mu.Lock()
-	c := a.client
-	if !a.connected {
-		a.mu.Unlock()
-		return errors.New("not connected")
-	}
-	a.state.TelemetrySeq++
-	seq := a.state.TelemetrySeq
-	if err := a.saveLocked(); err != nil {
-		a.state.TelemetrySeq--
-		a.mu.Unlock()
-		return fmt.Errorf("persist telemetry sequence: %w", err)
-	}
-	a.mu.Unlock()
-	msg, _ := json.Marshal(wire.Telemetry{Device: a.cfg.ID, Seq: seq, Kind: kind, At: time.Now().UTC(), Body: raw})
-	return waitToken(ctx, c.Publish(a.topics.Telemetry(a.cfg.ID, kind), 1, false, msg))
 }

@@ -141,7 +141,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ID: id, Broker: cfg.Broker, DataDir: filepath.Join(cfg.DataDir, id), Group: group,
 			Labels: map[string]string{"simulated": "true"}, Prefix: cfg.Prefix, TelemetryInterval: cfg.TelemetryInterval,
 			Logger: cfg.Logger, TrustKeys: cfg.TrustKeys, ControlKey: cfg.ControlKey, Root: cfg.Root, Faults: faults,
-			StallTimeout: 60 * time.Second,
+			StallTimeout: 60 * time.Second, SpoolNoSync: true, DrainRate: 50,
 		})
 		if err != nil {
 			return fmt.Errorf("device %s: %w", id, err)

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/infer"
@@ -99,6 +100,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	maxBatchWait := fs.Duration("max-batch-wait", 2e6, "dynamic batching: longest a request waits for others")
 	localMQTT := fs.String("local-mqtt", "", "answer inference requests on this local MQTT broker (e.g. mqtt://127.0.0.1:1883); empty: off")
 	localTopic := fs.String("local-mqtt-topic", "", "local request topic with a {model} level (default edgefleet/local/infer/{model})")
+	spoolBytes := fs.Int64("spool-max-bytes", 16<<20, "telemetry kept on disk while unacknowledged; beyond it old windows are merged, then dropped (counted)")
+	spoolAge := fs.Duration("spool-max-age", 7*24*time.Hour, "telemetry older than this is merged into coarse windows")
+	drainRate := fs.Float64("drain-rate", 20, "telemetry messages per second when catching up after a disconnect")
 	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := cli.Parse(fs, args); err != nil {
@@ -133,7 +137,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
 		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
-		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic,
+		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})
 	if err != nil {

@@ -204,34 +204,63 @@ func (in *Ingest) cached(dev string) (deviceSeq, bool) {
 	return cp, true
 }
 
-// add accounts for message m (covering FirstSeq..Seq). It reports false for a duplicate.
+// add accounts for message m: the sequence ranges it stands for (Covers, else FirstSeq..Seq) and
+// any ranges the device reports dropped. It reports false when m brings nothing new (a duplicate).
 func (d *deviceSeq) add(m wire.Telemetry) bool {
-	first := m.FirstSeq
-	if first == 0 || first > m.Seq {
-		first = m.Seq
+	ranges := m.Covers
+	if len(ranges) == 0 {
+		first := m.FirstSeq
+		if first == 0 || first > m.Seq {
+			first = m.Seq
+		}
+		ranges = [][2]uint64{{first, m.Seq}}
 	}
-	if m.Seq <= d.Contiguous {
+	for _, r := range m.Dropped {
+		d.Dropped += d.mark(r)
+	}
+	d.compact()
+	fresh := uint64(0)
+	for _, r := range ranges {
+		past := r[0] > d.Contiguous+1
+		n := d.mark(r)
+		if n > 0 && past {
+			d.Gaps++
+		}
+		fresh += n
+	}
+	d.compact()
+	if fresh == 0 {
 		d.Dupes++
 		return false
 	}
+	return true
+}
+
+// maxRange bounds one range a message may claim, so a forged message cannot make the control
+// plane allocate without bound.
+const maxRange = 1 << 20
+
+// mark records the sequence numbers of r as accounted and returns how many were new.
+func (d *deviceSeq) mark(r [2]uint64) uint64 {
+	if r[0] == 0 || r[1] < r[0] || r[1]-r[0] > maxRange {
+		return 0
+	}
+	have := make(map[uint64]bool, len(d.Above))
 	for _, s := range d.Above {
-		if s == m.Seq {
-			d.Dupes++
-			return false
-		}
+		have[s] = true
 	}
-	if m.Kind == "dropped" {
-		d.Dropped += m.Seq - first + 1
-	}
-	if first > d.Contiguous+1 {
-		d.Gaps++
-	}
-	// Mark first..Seq committed, then advance the contiguous mark over what is now complete.
-	for s := first; s <= m.Seq; s++ {
-		if s > d.Contiguous {
+	n := uint64(0)
+	for s := max(r[0], d.Contiguous+1); s <= r[1]; s++ {
+		if !have[s] {
 			d.Above = append(d.Above, s)
+			n++
 		}
 	}
+	return n
+}
+
+// compact advances the contiguous mark over what is now complete.
+func (d *deviceSeq) compact() {
 	sort.Slice(d.Above, func(i, j int) bool { return d.Above[i] < d.Above[j] })
 	k := 0
 	for k < len(d.Above) && d.Above[k] <= d.Contiguous+1 {
@@ -245,7 +274,6 @@ func (d *deviceSeq) add(m wire.Telemetry) bool {
 		// A device that skipped far ahead: do not let its accounting grow without bound.
 		d.Above = d.Above[len(d.Above)-100000:]
 	}
-	return true
 }
 
 // Accounting is a device's telemetry accounting.

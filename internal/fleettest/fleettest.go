@@ -163,6 +163,11 @@ func (cp *ControlPlane) Stop() {
 // Restart stops and starts it again on the same data folder and broker address.
 func (cp *ControlPlane) Restart() {
 	cp.Stop()
+	cp.Start()
+}
+
+// Start starts a stopped control plane again on the same data folder and addresses.
+func (cp *ControlPlane) Start() {
 	cp.Cfg.HTTPAddr = cp.Info.HTTPAddr
 	cp.start()
 }

@@ -36,7 +36,19 @@ type Reported struct {
 	// DesiredError says why the last desired state received was refused ("" when none was).
 	DesiredError string                 `json:"desired_error,omitempty"`
 	Models       map[string]ModelReport `json:"models"`
+	Spool        *SpoolReport           `json:"spool,omitempty"`
 	At           time.Time              `json:"at,omitzero"`
+}
+
+// SpoolReport is the device's store-and-forward accounting.
+type SpoolReport struct {
+	NextSeq     uint64 `json:"next_seq"`
+	LastAck     uint64 `json:"last_ack"`
+	Pending     int    `json:"pending"`
+	PendingSeqs uint64 `json:"pending_seqs"`
+	Bytes       int64  `json:"bytes"`
+	Merged      uint64 `json:"merged"`
+	Dropped     uint64 `json:"dropped"`
 }
 
 // HostFacts describe the device's hardware and OS.
@@ -81,11 +93,17 @@ type Telemetry struct {
 	Device string `json:"device"`
 	Seq    uint64 `json:"seq"`
 	// FirstSeq, when set, means this message accounts for every sequence number from FirstSeq to
-	// Seq: the spool merged older windows into it, or (kind "dropped") reports them lost.
-	FirstSeq uint64          `json:"first_seq,omitempty"`
-	Kind     string          `json:"kind"`
-	At       time.Time       `json:"at"`
-	Body     json.RawMessage `json:"body"`
+	// Seq: the spool merged older windows into it.
+	FirstSeq uint64 `json:"first_seq,omitempty"`
+	// Covers, when set, lists exactly the sequence ranges this message stands for (a merged window
+	// of one kind has holes where other kinds' messages sit); it replaces FirstSeq..Seq.
+	Covers [][2]uint64 `json:"covers,omitempty"`
+	// Dropped lists sequence ranges the device's spool had to drop (full, no way to merge): the
+	// control plane counts them and stops waiting for them.
+	Dropped [][2]uint64     `json:"dropped,omitempty"`
+	Kind    string          `json:"kind"`
+	At      time.Time       `json:"at"`
+	Body    json.RawMessage `json:"body"`
 }
 
 // Ack is sent on {p}/devices/{id}/ack: the highest contiguous telemetry sequence the control plane
