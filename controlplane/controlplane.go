@@ -21,6 +21,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/assign"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
@@ -249,7 +250,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, AdminTokenHash: tokenHash, Logger: log,
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st},
+			AdminTokenHash: tokenHash, Logger: log,
 			Metrics: metricsHandler(reg, blocks)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
@@ -310,4 +312,12 @@ func adminToken(cfg Config) ([32]byte, string, error) {
 		return [32]byte{}, "", fmt.Errorf("write admin token: %w", err)
 	}
 	return sha256.Sum256([]byte(tok)), path, nil
+}
+
+// auditLog is the store-backed audit log the API writes and reads.
+type auditLog struct{ st store.Store }
+
+func (a auditLog) Record(ctx context.Context, e audit.Entry) error { return audit.Record(ctx, a.st, e) }
+func (a auditLog) List(ctx context.Context, since time.Time, limit int) ([]audit.Entry, error) {
+	return audit.List(ctx, a.st, since, limit)
 }

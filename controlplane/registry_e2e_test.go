@@ -75,6 +75,23 @@ func TestModelRegistryAPI(t *testing.T) {
 	if code, body := cp.Do("PUT", "/api/v1/groups/g/desired", map[string]string{"bundle": "nope@1.0.0"}, nil); code != 422 {
 		t.Fatalf("assign unknown bundle: %d %s", code, body)
 	}
+	// Every mutating call, refused or not, is in the audit log with who, what, from where, outcome.
+	var log struct {
+		Entries []struct{ Who, Action, Target, From, Outcome string }
+	}
+	if code, _ := cp.Do("GET", "/api/v1/audit", nil, &log); code != 200 {
+		t.Fatalf("audit: %d", code)
+	}
+	outcomes := map[string]int{}
+	for _, e := range log.Entries {
+		if e.Who != "admin" || e.From == "" || e.Action == "" {
+			t.Fatalf("audit entry lacks who/from/action: %+v", e)
+		}
+		outcomes[e.Action+" "+e.Outcome]++
+	}
+	if outcomes["POST /api/v1/bundles 422"] != 4 || outcomes["POST /api/v1/bundles 409"] != 1 || outcomes["PUT /api/v1/bundles/:id/stage 200"] != 1 {
+		t.Fatalf("audit outcomes: %v", outcomes)
+	}
 }
 
 func mustRead(t *testing.T, p string) []byte {

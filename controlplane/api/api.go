@@ -33,6 +33,7 @@ type Config struct {
 	Bundles   Bundles
 	Desired   Desired
 	Telemetry Telemetry
+	Audit     Auditor
 	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
@@ -69,7 +70,8 @@ func New(cfg Config) http.Handler {
 	if cfg.Metrics != nil {
 		r.GET("/metrics", h.auth, gin.WrapH(cfg.Metrics))
 	}
-	v1 := r.Group("/api/v1", h.auth)
+	v1 := r.Group("/api/v1", h.auth, h.auditMutations)
+	v1.GET("/audit", h.listAudit)
 	v1.GET("/devices", h.listDevices)
 	v1.GET("/devices/:id", h.getDevice)
 	v1.PUT("/devices/:id/group", h.setGroup)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/deploy"
 )
@@ -20,7 +21,7 @@ const (
 	bucketRollouts = "rollouts"
 	bucketOutbox   = "rollout_outbox"
 	// BucketAudit is the append-only audit log (keys: zero-padded sequence numbers, values: AuditEntry).
-	BucketAudit = "audit"
+	BucketAudit = audit.Bucket
 )
 
 // Fleet is what the controller needs of the rest of the control plane. The control plane
@@ -500,11 +501,7 @@ func (c *Controller) commit(ctx context.Context, r *deploy.Rollout, acts []deplo
 func seqKey(n uint64) string { return fmt.Sprintf("%020d", n) }
 
 func putAudit(tx store.Tx, e AuditEntry) error {
-	seq, err := tx.NextSequence(BucketAudit)
-	if err != nil {
-		return err
-	}
-	return store.PutJSON(tx, BucketAudit, seqKey(seq), e)
+	return audit.Append(tx, audit.Entry{At: e.At, Who: e.Who, Action: e.Action, Rollout: e.Rollout, Reason: e.Reason, Stage: e.Stage})
 }
 
 // drain executes the outbox in order and removes what it executed. It stops at the first error a
