@@ -250,7 +250,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st},
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
 			AdminTokenHash: tokenHash, Logger: log,
 			Metrics: metricsHandler(reg, blocks)}),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -320,4 +320,10 @@ type auditLog struct{ st store.Store }
 func (a auditLog) Record(ctx context.Context, e audit.Entry) error { return audit.Record(ctx, a.st, e) }
 func (a auditLog) List(ctx context.Context, since time.Time, limit int) ([]audit.Entry, error) {
 	return audit.List(ctx, a.st, since, limit)
+}
+
+type driftAPI struct{ c *cohorts }
+
+func (d driftAPI) FleetDrift(ctx context.Context, bundle, group string, since time.Time) (any, error) {
+	return d.c.Drift(ctx, bundle, group, since)
 }

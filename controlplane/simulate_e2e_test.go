@@ -49,7 +49,7 @@ func TestSimulatedFleet(t *testing.T) {
 		}
 		return groups["line-a"] == 12 && groups["line-b"] == 8
 	})
-	path, id := fleettest.BuildBundle(t, k, "hello_deepa.onnx", "wake", "1.0.0")
+	path, id := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
 	cp.Push(path)
 	for _, g := range []string{"line-a", "line-b"} {
 		if code, body := cp.Do("PUT", "/api/v1/groups/"+g+"/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
@@ -89,11 +89,31 @@ func TestSimulatedFleet(t *testing.T) {
 			}
 			var w telemetry.InferenceWindow
 			json.Unmarshal(body.Messages[len(body.Messages)-1].Body, &w)
-			if w.Requests == 0 || w.Bundle != id || w.Latency.Count == 0 {
+			if w.Requests == 0 || w.Bundle != id || w.Latency.Count == 0 || w.Drift == nil {
 				lastWhy = fmt.Sprintf("sim-%05d: last window %+v", i, w)
 				return false
 			}
 		}
 		return true
 	})
+
+	// Fleet drift per group, merged from the devices' histograms: live inputs come from the
+	// reference's distribution, so nothing drifts.
+	var dv struct {
+		Groups []struct {
+			Group   string
+			Devices int
+			Report  struct {
+				Drifted  bool
+				Features []struct{ Feature string }
+			}
+		}
+	}
+	if code, body := cp.Do("GET", "/api/v1/drift?bundle=wake@1.0.0&since=10m", nil, &dv); code != 200 {
+		t.Fatalf("drift: %d %s", code, body)
+	}
+	if len(dv.Groups) != 2 || dv.Groups[0].Devices == 0 || len(dv.Groups[0].Report.Features) == 0 {
+		t.Fatalf("drift view: %+v", dv)
+	}
+	t.Logf("fleet drift: %+v", dv)
 }

@@ -207,7 +207,9 @@ func traffic(ctx context.Context, a *agent.Agent, rate float64, seed uint64) {
 		for _, m := range models {
 			sets, ok := inputs[m.Bundle]
 			if !ok {
-				gen, err := onnxrt.GenerateInputs(m.Schema, 8, seed, nil)
+				// A large pool from the reference generator's distribution, so live feature histograms
+				// are not a handful of repeated points.
+				gen, err := onnxrt.GenerateInputs(m.Schema, 256, seed, nil)
 				if err != nil {
 					continue
 				}

@@ -34,6 +34,7 @@ type Config struct {
 	Desired   Desired
 	Telemetry Telemetry
 	Audit     Auditor
+	Drift     Drift
 	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
@@ -72,6 +73,7 @@ func New(cfg Config) http.Handler {
 	}
 	v1 := r.Group("/api/v1", h.auth, h.auditMutations)
 	v1.GET("/audit", h.listAudit)
+	v1.GET("/drift", h.fleetDrift)
 	v1.GET("/devices", h.listDevices)
 	v1.GET("/devices/:id", h.getDevice)
 	v1.PUT("/devices/:id/group", h.setGroup)

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/ota/builder"
 	"github.com/edgefleet/edgefleet/ota/bundle"
@@ -81,9 +82,43 @@ func NewKeys(t testing.TB) Keys {
 
 // BuildBundle builds a bundle of a real model with the builder and returns its file and id.
 func BuildBundle(t testing.TB, k Keys, model, name, version string) (path, id string) {
+	return BuildBundleRef(t, k, model, name, version, 0)
+}
+
+// BuildBundleRef is BuildBundle with a drift reference made from n generated samples (the same
+// distribution `agent simulate` sends), so drift can be scored.
+func BuildBundleRef(t testing.TB, k Keys, model, name, version string, n int) (path, id string) {
 	t.Helper()
+	o := builder.Options{ModelPath: filepath.Join(Models(t), model), Name: name, Version: version, Golden: 2}
+	if n > 0 {
+		b, err := os.ReadFile(o.ModelPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sch, err := onnxrt.Inspect(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sets, err := onnxrt.GenerateInputs(sch, n, 99, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines bytes.Buffer
+		for _, set := range sets {
+			req := oip.Request{}
+			for _, x := range set {
+				enc, _ := oip.Encode(x)
+				req.Inputs = append(req.Inputs, enc)
+			}
+			j, _ := json.Marshal(req)
+			lines.Write(j)
+			lines.WriteByte('\n')
+		}
+		o.Reference = filepath.Join(t.TempDir(), "reference.jsonl")
+		os.WriteFile(o.Reference, lines.Bytes(), 0o644)
+	}
 	var buf bytes.Buffer
-	res, err := builder.Build(context.Background(), builder.Options{ModelPath: filepath.Join(Models(t), model), Name: name, Version: version, Golden: 2}, k.Release, &buf)
+	res, err := builder.Build(context.Background(), o, k.Release, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
