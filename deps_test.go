@@ -51,7 +51,8 @@ func under(path, root string) bool { return path == root || strings.HasPrefix(pa
 // rule reports whether pkg (importing imp) breaks a layering rule, and which.
 func rule(p, imp string) string {
 	local := func(r string) string { return mod + "/" + r }
-	testHelper := under(p, local("internal/fleettest")) || under(p, local("internal/brokertest"))
+	// Test helpers and benchmark programs may start real parts (a broker) themselves.
+	testHelper := under(p, local("internal/fleettest")) || under(p, local("internal/brokertest")) || under(p, local("bench"))
 	switch {
 	case under(imp, local("cmd")):
 		return "nothing imports cmd/..."
