@@ -29,7 +29,8 @@ type Fetcher struct {
 	Window                 int    // blocks outstanding (default 16)
 	RequestTimeout         time.Duration
 	StallTimeout           time.Duration // no verified block for this long: abandon (slow retrieval)
-	CarouselIdle           time.Duration // no carousel frame for this long: pull the rest
+	CarouselWait           time.Duration // how long to wait for a carousel's first frame before pulling
+	CarouselIdle           time.Duration // no carousel frame for this long once it flows: pull the rest
 	MaxUnexpected          int           // frames that do not fit the manifest before giving up (endless data)
 
 	mu     sync.Mutex
@@ -78,8 +79,14 @@ func (f *Fetcher) defaults() {
 	if f.StallTimeout <= 0 {
 		f.StallTimeout = 60 * time.Second
 	}
+	if f.CarouselWait <= 0 {
+		// A carousel starts a moment after the wave's desired states go out, and a busy control
+		// plane or device can take seconds to get there; pulling early costs the whole wave's
+		// bandwidth, waiting costs only time.
+		f.CarouselWait = 15 * time.Second
+	}
 	if f.CarouselIdle <= 0 {
-		f.CarouselIdle = 4 * time.Second
+		f.CarouselIdle = 3 * time.Second
 	}
 	if f.MaxUnexpected <= 0 {
 		f.MaxUnexpected = 32
@@ -129,7 +136,7 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, carousel bool, verifiers
 	pull := !carousel
 	idle := f.RequestTimeout
 	if carousel {
-		idle = f.CarouselIdle
+		idle = f.CarouselWait
 	}
 	// pending remembers when each block was asked for, so a block in flight is not asked for again
 	// until RequestTimeout says it was lost.
@@ -208,6 +215,9 @@ func (f *Fetcher) Fetch(ctx context.Context, id string, carousel bool, verifiers
 			if fresh {
 				lastProgress = time.Now()
 				sinceRequest++
+				if !pull {
+					idle = f.CarouselIdle // the carousel flows: from now on a shorter silence ends it
+				}
 			}
 			// Keep the window full when pulling: ask for more once half of it has arrived.
 			if pull && sinceRequest >= f.Window/2 {
