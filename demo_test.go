@@ -123,6 +123,28 @@ wait:
 	if presp.StatusCode != 200 || pred.ID != "demo-1" || pred.ModelVersion != "1.0.0" || len(pred.Outputs) != 1 || len(pred.Outputs[0].Data) != 1 {
 		t.Fatalf("demo prediction: status %d, %+v", presp.StatusCode, pred)
 	}
+	// The demo's staged rollout of 1.1.0 completes on all three devices.
+	i := strings.Index(text, "rollout r-")
+	if i < 0 {
+		t.Fatalf("demo did not start a rollout:\n%s", text)
+	}
+	rid := strings.Fields(text[i+len("rollout "):])[0]
+	until := time.Now().Add(90 * time.Second)
+	state := ""
+	for time.Now().Before(until) && state != "completed" {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/api/v1/rollouts/"+rid, nil)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			var r struct{ State string }
+			json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+			state = r.State
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if state != "completed" {
+		t.Fatalf("demo rollout %s ended in state %q", rid, state)
+	}
 	// Ctrl-C stops everything.
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGINT)
 	done := make(chan error, 1)

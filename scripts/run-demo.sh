@@ -22,10 +22,12 @@ if [ ! -s "$var/keys/release.key" ]; then
   "$bin/controlplane" keys generate --out "$var/keys" --role release >/dev/null
 fi
 demo="$var/bundles/wake-1.0.0.bundle"
-if [ ! -s "$demo" ]; then
-  "$bin/controlplane" bundle build --model "$models/hello_deepa.onnx" --name wake --version 1.0.0 \
-    --key "$var/keys/release.key" --out "$demo" --quiet >/dev/null
-fi
+demo2="$var/bundles/wake-1.1.0.bundle"
+for v in 1.0.0 1.1.0; do
+  f="$var/bundles/wake-$v.bundle"
+  [ -s "$f" ] || "$bin/controlplane" bundle build --model "$models/hello_deepa.onnx" --name wake --version "$v" \
+    --parent wake@1.0.0 --key "$var/keys/release.key" --out "$f" --quiet >/dev/null
+done
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -73,14 +75,18 @@ for _ in $(seq 1 200); do
   [ "${serving:-0}" -ge 3 ] && break
   sleep 0.1
 done
+# Then 1.1.0 goes out as a staged rollout: one canary device, a short bake, then everyone.
+cli bundles push "$demo2" >/dev/null
+rollout=$(cli rollouts create --bundle wake@1.1.0 --groups line-a,line-b --stages '1:5s,100%:5s' 2>/dev/null | grep -o '"id": *"[^"]*"' | head -1 | cut -d'"' -f4 || true)
 vals=$(awk 'BEGIN { for (i = 0; i < 2400; i++) printf "%s0.1", (i ? "," : "") }')
 printf '{"id":"demo-1","inputs":[{"name":"onnx::Flatten_0","shape":[1,25,96],"datatype":"FP32","data":[%s]}]}\n' "$vals" >"$var/demo-request.json"
 cat <<MSG
 edgefleet is running: control plane http://$http/ (embedded broker mqtt://$mqtt), ${online:-0} of 3 devices online,
-${serving:-0} of 3 serving the demo model wake@1.0.0.
+${serving:-0} of 3 serving the demo model wake@1.0.0; rollout ${rollout:-?} is taking them to wake@1.1.0 in two stages.
   admin token:   $var/controlplane/admin.token
   list devices:  curl -s -H "Authorization: Bearer \$(cat $var/controlplane/admin.token)" http://$http/api/v1/devices
   list groups:   curl -s -H "Authorization: Bearer \$(cat $var/controlplane/admin.token)" http://$http/api/v1/groups
+  the rollout:   $bin/controlplane --server http://$http --token \$(cat $var/controlplane/admin.token) rollouts show ${rollout:-ID}
   predict:       curl -s -X POST -d @$var/demo-request.json http://$host:$port0/v2/models/wake/infer
   logs:          $var/log/
 Press Ctrl-C to stop.
