@@ -82,7 +82,7 @@ vals=$(awk 'BEGIN { for (i = 0; i < 2400; i++) printf "%s0.1", (i ? "," : "") }'
 printf '{"id":"demo-1","inputs":[{"name":"onnx::Flatten_0","shape":[1,25,96],"datatype":"FP32","data":[%s]}]}\n' "$vals" >"$var/demo-request.json"
 cat <<MSG
 edgefleet is running: control plane http://$http/ (embedded broker mqtt://$mqtt), ${online:-0} of 3 devices online,
-${serving:-0} of 3 serving the demo model wake@1.0.0; rollout ${rollout:-?} is taking them to wake@1.1.0 in two stages.
+${serving:-0} of 3 serving the demo model (wake@1.0.0 assigned to both groups); rollout ${rollout:-?} is taking them to wake@1.1.0 in two stages.
   admin token:   $var/controlplane/admin.token
   list devices:  curl -s -H "Authorization: Bearer \$(cat $var/controlplane/admin.token)" http://$http/api/v1/devices
   list groups:   curl -s -H "Authorization: Bearer \$(cat $var/controlplane/admin.token)" http://$http/api/v1/groups

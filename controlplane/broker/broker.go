@@ -214,6 +214,26 @@ type minLevel struct {
 func (m minLevel) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= m.min && m.Handler.Enabled(ctx, l)
 }
+
+// Handle drops mochi's warnings about connections that simply closed (a device going away, or
+// every client at shutdown): they say nothing an operator can act on, and the registry already
+// records the device going offline.
+func (m minLevel) Handle(ctx context.Context, r slog.Record) error {
+	quiet := r.Message == ""
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "error" {
+			v := a.Value.String()
+			if v == "EOF" || strings.Contains(v, "use of closed network connection") || strings.Contains(v, "connection reset by peer") {
+				quiet = true
+			}
+		}
+		return true
+	})
+	if quiet {
+		return nil
+	}
+	return m.Handler.Handle(ctx, r)
+}
 func (m minLevel) WithAttrs(a []slog.Attr) slog.Handler {
 	return minLevel{m.Handler.WithAttrs(a), m.min}
 }
