@@ -1,0 +1,117 @@
+package controlplane_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent/updater"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
+)
+
+// TestModelAwareGateCatchesBadRelease: a release that installs fine but is three times slower, or
+// whose outputs shifted, on every device is caught by the model-aware gate on the canary stage (canary vs the devices still on
+// the old bundle, over the same window) and rolled back, and devices outside the canary never get
+// it. The fleet is `agent simulate` with the fault keyed by the bad bundle's version.
+func TestModelAwareGateCatchesBadRelease(t *testing.T) {
+	for _, c := range []struct{ name, fault, gate string }{
+		{"3x latency", "latency=3x", "latency"},
+		{"shifted outputs", "output-shift=0.1", "output"},
+	} {
+		t.Run(c.name, func(t *testing.T) { gateCatches(t, c.fault, c.gate) })
+	}
+}
+
+func gateCatches(t *testing.T, fault, gate string) {
+	const n = 12
+	fleettest.Models(t)
+	k := fleettest.NewKeys(t)
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
+	bin := filepath.Join(fleettest.Binaries(t), "agent")
+	logf, _ := os.Create(filepath.Join(t.TempDir(), "sim.log"))
+	cmd := exec.Command(bin, "simulate", "--count", fmt.Sprint(n), "--broker", cp.BrokerURL(), "--data", t.TempDir(),
+		"--groups", "line-a", "--trust", k.PubPath, "--control-key", cp.ControlPub(), "--telemetry-interval", "1s",
+		"--rate", "25", "--fault", "bundle=wake@2.0.0,"+fault, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+
+	v1, id1 := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
+	v2, id2 := fleettest.RebuildWith(t, k, v1, "2.0.0", nil)
+	cp.Push(v1)
+	cp.Push(v2)
+	fleettest.Eventually(t, 60*time.Second, "fleet online", func() bool { return len(cp.Devices()) == n })
+	if code, body := cp.Do("PUT", "/api/v1/groups/line-a/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
+		t.Fatalf("baseline: %d %s", code, body)
+	}
+	fleettest.Eventually(t, 90*time.Second, "fleet on v1", func() bool {
+		for i := 1; i <= n; i++ {
+			if m := cp.Model(fmt.Sprintf("sim-%05d", i), "wake"); m.Active != id1 || m.State != updater.StepCommitted {
+				return false
+			}
+		}
+		return true
+	})
+	spec := `{"bundle": "wake@2.0.0", "target": {"groups": ["line-a"]},
+	  "stages": [{"devices": 2, "bake": "20s"}, {"percent": 100, "bake": "5s"}],
+	  "gates": {"min_samples": 100, "evaluations": 3, "p95_latency_max_ratio": 1.5}}`
+	var out struct{ ID string }
+	if code, body := cp.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &out); code != 201 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	var v struct {
+		State     string
+		Decisions []struct {
+			Action, Reason string
+			Inputs         map[string]any
+		}
+	}
+	fleettest.Eventually(t, 120*time.Second, "slow release rolled back", func() bool {
+		cp.Do("GET", "/api/v1/rollouts/"+out.ID, nil, &v)
+		return v.State == "rolled_back" || v.State == "completed"
+	})
+	b, _ := json.MarshalIndent(v.Decisions, "", " ")
+	if v.State != "rolled_back" {
+		t.Fatalf("a 3x slower release ended %s:\n%s", v.State, b)
+	}
+	latency := false
+	for _, d := range v.Decisions {
+		if d.Action == "rollback" && strings.Contains(strings.ToLower(d.Reason), gate) {
+			latency = true
+		}
+	}
+	if !latency {
+		t.Fatalf("rolled back, but not by the %s gate:\n%s", gate, b)
+	}
+	// Only the two canary devices ever targeted v2; all are back on v1.
+	touched := 0
+	fleettest.Eventually(t, 60*time.Second, "every device back on v1", func() bool {
+		touched = 0
+		for i := 1; i <= n; i++ {
+			m := cp.Model(fmt.Sprintf("sim-%05d", i), "wake")
+			if m.Active != id1 {
+				return false
+			}
+			if m.Previous == id2 {
+				touched++
+			}
+		}
+		return true
+	})
+	if touched > 2 {
+		t.Fatalf("%d devices ran the slow release; only the 2 canaries should have", touched)
+	}
+	for _, d := range v.Decisions {
+		if d.Action == "rollback" {
+			t.Logf("caught: %s (%d canary devices touched)", d.Reason, touched)
+		}
+	}
+}
