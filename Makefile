@@ -39,8 +39,12 @@ lint: $(STATICCHECK)
 test: deps build models lint
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -timeout $(TEST_TIMEOUT) ./...
 
+# The figures of docs/BENCHMARKS.md: go benchmarks, then the scale and end-to-end scripts.
 bench: deps build models
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -run '^$$' -bench . -benchmem ./...
+	bench/foundation.sh
+	bench/fleet.sh 1000
+	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) run ./bench/infer -models "$$(scripts/fetch-models.sh)" -d 2s
 
 clean:
 	rm -rf bin var dist
