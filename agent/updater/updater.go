@@ -331,7 +331,17 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 	// A bake in progress is watched, and a revert in progress finished, whatever else happens.
 	switch st.Step {
 	case StepBaking:
-		return u.bake(ctx, st)
+		if t == nil || st.Active == nil || t.Bundle == st.Active.Bundle {
+			return u.bake(ctx, st)
+		}
+		// The desired state moved on mid-bake (a rollback, a newer release): stop watching this
+		// bundle and act on the new target now rather than after the bake window.
+		if err := u.persist(func(x *State) {
+			x.Step, x.Reason, x.Message = StepCommitted, "", "bake cut short: the desired state names another bundle"
+		}); err != nil {
+			return 0, err
+		}
+		return 0, nil
 	case StepReverting:
 		return u.revert(ctx, st.Message)
 	}

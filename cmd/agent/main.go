@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/agent/sim"
 	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/config"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 )
 
@@ -45,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "run":
-		err = runAgent(ctx, args[1:], stderr)
+		err = runAgent(ctx, args[1:], stdout, stderr) // stdout: --print-config
 	case "simulate":
 		err = simulate(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
@@ -66,7 +67,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cli.Usage(fs, "agent run --id ID --broker URL --data DIR [flags]")
@@ -105,7 +106,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	drainRate := fs.Float64("drain-rate", 20, "telemetry messages per second when catching up after a disconnect")
 	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := cli.Parse(fs, args); err != nil {
+	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
+	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if *id == "" {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/internal/cli"
+	"github.com/edgefleet/edgefleet/internal/config"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 )
 
@@ -46,7 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch args[0] {
 	case "serve":
-		err = serve(ctx, args[1:], stderr)
+		err = serve(ctx, args[1:], stdout, stderr) // stdout: --print-config
 	case "keys":
 		err = keysCmd(args[1:], stdout, stderr)
 	case "trust":
@@ -78,7 +79,7 @@ func newLogger(w io.Writer, level string) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
 
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cli.Usage(fs, "controlplane serve [flags]")
@@ -102,7 +103,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
 	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := cli.Parse(fs, args); err != nil {
+	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
+	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -66,8 +66,10 @@ func New(cfg Config) http.Handler {
 		fail(c, http.StatusMethodNotAllowed, "method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path)
 	})
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	r.GET("/api/v1/openapi.json", serveOpenAPI) // public, outside the token group: see openapi.go
 
-	h := &handlers{cfg: cfg}
+	h := &handlers{cfg: cfg, sess: newSessionStore()}
+	h.consoleRoutes(r) // web console at GET /, its assets and the session endpoints (console.go)
 	if cfg.Metrics != nil {
 		r.GET("/metrics", h.auth, gin.WrapH(cfg.Metrics))
 	}
@@ -103,9 +105,15 @@ func logRequests(log *slog.Logger) gin.HandlerFunc {
 	}
 }
 
-type handlers struct{ cfg Config }
+type handlers struct {
+	cfg  Config
+	sess *sessionStore // console sessions (console.go)
+}
 
 func (h *handlers) auth(c *gin.Context) {
+	if h.cookieAuth(c) { // the console's session cookie, when there is no Authorization header
+		return
+	}
 	hdr := c.GetHeader("Authorization")
 	tok, ok := strings.CutPrefix(hdr, "Bearer ")
 	if !ok || tok == "" {
