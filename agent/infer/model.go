@@ -64,6 +64,7 @@ type Model struct {
 	Bundle   string
 	Manifest *bundle.Manifest
 	sess     *onnxrt.Session // sessions[0]: schema and provider
+	pipe     onnxrt.Pipeline // the bundle's pre- and post-processing graphs, if any
 
 	sessions []*onnxrt.Session
 	slots    chan int // run slots; a slot's number picks its session
@@ -98,7 +99,40 @@ func LoadWith(dir, id string, m *bundle.Manifest, opts onnxrt.Options, lo LoadOp
 	if err != nil {
 		return nil, fmt.Errorf("read model: %w", err)
 	}
-	return New(b, id, m, opts, lo)
+	var pipe onnxrt.Pipeline
+	for _, st := range []struct {
+		role bundle.Role
+		sess **onnxrt.Session
+	}{{bundle.RolePre, &pipe.Pre}, {bundle.RolePost, &pipe.Post}} {
+		pf := m.FileByRole(st.role)
+		if pf == nil {
+			continue
+		}
+		pb, err := os.ReadFile(filepath.Join(dir, pf.Path))
+		if err == nil {
+			*st.sess, err = onnxrt.NewSession(pb, onnxrt.Options{IntraOpThreads: opts.IntraOpThreads})
+		}
+		if err != nil {
+			pipe.Close()
+			return nil, fmt.Errorf("load %s graph of %s@%s: %w", st.role, m.Name, m.Version, err)
+		}
+	}
+	if pipe.Pre != nil || pipe.Post != nil {
+		// Batching stacks rows for the model alone; with graphs around it every call runs whole.
+		lo.MaxBatch = 0
+	}
+	mod, err := New(b, id, m, opts, lo)
+	if err != nil {
+		pipe.Close()
+		return nil, err
+	}
+	if err := pipe.Check(mod.sess.Schema()); err != nil {
+		pipe.Close()
+		mod.Close()
+		return nil, err
+	}
+	mod.pipe = pipe
+	return mod, nil
 }
 
 // New loads a model from its bytes.
@@ -183,7 +217,7 @@ func (m *Model) direct(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor
 		return nil, err
 	}
 	defer func() { m.slots <- slot }()
-	return m.sessions[slot%len(m.sessions)].Run(ctx, in)
+	return m.pipe.Run(ctx, m.sessions[slot%len(m.sessions)], in)
 }
 
 func (m *Model) slot(ctx context.Context) (int, error) {
@@ -206,11 +240,12 @@ func (m *Model) slot(ctx context.Context) (int, error) {
 // RunUnfaulted runs the session without injected faults and without counting: the smoke test
 // judges the model, not the simulated field conditions.
 func (m *Model) RunUnfaulted(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) {
-	return m.sess.Run(ctx, in)
+	return m.pipe.Run(ctx, m.sess, in)
 }
 
-// Schema is the model's inputs and outputs as ONNX Runtime sees them.
-func (m *Model) Schema() onnxrt.Schema { return m.sess.Schema() }
+// Schema is what callers send and get: the pre-processing graph's inputs (else the model's) and
+// the post-processing graph's outputs (else the model's).
+func (m *Model) Schema() onnxrt.Schema { return m.pipe.Schema(m.sess.Schema()) }
 
 // Provider is the execution provider the session runs on.
 func (m *Model) Provider() string { return m.sess.Provider() }
@@ -239,4 +274,5 @@ func (m *Model) Close() {
 	for _, s := range m.sessions {
 		s.Close()
 	}
+	m.pipe.Close()
 }

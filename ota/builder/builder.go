@@ -92,7 +92,30 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		return nil, fmt.Errorf("load %s in ONNX Runtime %s: %w", o.ModelPath, onnxrt.Version(), err)
 	}
 	defer sess.Close()
-	schema := sess.Schema()
+	// Pre- and post-processing graphs run around the model on the device; golden outputs, the
+	// schema callers see and the drift reference must come from the same whole.
+	var pipe onnxrt.Pipeline
+	defer pipe.Close()
+	for _, st := range []struct {
+		path string
+		sess **onnxrt.Session
+	}{{o.PrePath, &pipe.Pre}, {o.PostPath, &pipe.Post}} {
+		if st.path == "" {
+			continue
+		}
+		b, err := os.ReadFile(st.path)
+		if err == nil {
+			*st.sess, err = onnxrt.NewSession(b, onnxrt.Options{IntraOpThreads: 1})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load %s: %w", st.path, err)
+		}
+	}
+	if err := pipe.Check(sess.Schema()); err != nil {
+		return nil, err
+	}
+	schema := pipe.Schema(sess.Schema())
+	run := func(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) { return pipe.Run(ctx, sess, in) }
 
 	var inputs [][]onnxrt.Tensor
 	var samples [][]onnxrt.Tensor
@@ -105,7 +128,7 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		inputs = append(inputs, samples[:min(len(samples), o.Golden)]...)
 	}
 	if len(inputs) < o.Golden {
-		gen, err := generateInputs(ctx, sess, schema, o.Golden-len(inputs), o.Seed+1, o.InputShapes)
+		gen, err := generateInputs(ctx, run, schema, o.Golden-len(inputs), o.Seed+1, o.InputShapes)
 		if err != nil {
 			return nil, fmt.Errorf("generate golden inputs (pass --reference with real samples, or --input-shape, for this model): %w", err)
 		}
@@ -113,6 +136,9 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 	}
 	var quantFacts *bundle.Quantization
 	modelPath := o.ModelPath
+	if o.Quantize != "" && (pipe.Pre != nil || pipe.Post != nil) {
+		return nil, fmt.Errorf("--quantize with --pre/--post is not supported yet: quantize the model alone and build the bundle from it")
+	}
 	if o.Quantize != "" {
 		qpath, q, err := quantizeModel(ctx, o, model, samples, schema)
 		if err != nil {
@@ -133,10 +159,10 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 			return nil, fmt.Errorf("load the int8 model: %w", err)
 		}
 		defer qs.Close()
-		sess = qs
+		run = func(ctx context.Context, in []onnxrt.Tensor) ([]onnxrt.Tensor, error) { return pipe.Run(ctx, qs, in) }
 	}
 	o.say("recording %d golden cases", len(inputs))
-	gf, err := golden.Record(ctx, sess.Run, inputs, o.Tolerance)
+	gf, err := golden.Record(ctx, run, inputs, o.Tolerance)
 	if err != nil {
 		return nil, fmt.Errorf("record golden outputs: %w", err)
 	}
@@ -152,7 +178,7 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 	}
 	if len(samples) > 0 {
 		o.say("computing the drift reference from %d samples", len(samples))
-		ref, err := buildReference(ctx, sess, schema, samples, o.Embedding)
+		ref, err := buildReference(ctx, run, schema, samples, o.Embedding)
 		if err != nil {
 			return nil, fmt.Errorf("drift reference: %w", err)
 		}
@@ -272,7 +298,7 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // generateInputs makes golden inputs that the model actually runs on. Dynamic dimensions default
 // to 1, which some models reject (an audio model padding a frame needs more than one sample), so
 // on failure the non-batch dynamic dimensions are tried at larger sizes.
-func generateInputs(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Schema, n int, seed uint64, fixed map[string][]int64) ([][]onnxrt.Tensor, error) {
+func generateInputs(ctx context.Context, run func(context.Context, []onnxrt.Tensor) ([]onnxrt.Tensor, error), schema onnxrt.Schema, n int, seed uint64, fixed map[string][]int64) ([][]onnxrt.Tensor, error) {
 	var lastErr error
 	for _, size := range []int64{1, 64, 512} {
 		shapes := map[string][]int64{}
@@ -301,7 +327,7 @@ func generateInputs(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Sch
 		if err != nil {
 			return nil, err
 		}
-		if _, err := sess.Run(ctx, gen[0]); err != nil {
+		if _, err := run(ctx, gen[0]); err != nil {
 			lastErr = err
 			continue
 		}

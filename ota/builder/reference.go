@@ -77,7 +77,7 @@ func DefaultSpecs(s onnxrt.Schema, embedding string) []drift.FeatureSpec {
 
 // buildReference computes the drift reference from the samples' inputs and the model's outputs on
 // them. It returns nil when the model has nothing to profile.
-func buildReference(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Schema, samples [][]onnxrt.Tensor, embedding string) ([]byte, error) {
+func buildReference(ctx context.Context, run func(context.Context, []onnxrt.Tensor) ([]onnxrt.Tensor, error), schema onnxrt.Schema, samples [][]onnxrt.Tensor, embedding string) ([]byte, error) {
 	specs := DefaultSpecs(schema, embedding)
 	if len(specs) == 0 {
 		return nil, nil
@@ -87,7 +87,7 @@ func buildReference(ctx context.Context, sess *onnxrt.Session, schema onnxrt.Sch
 		return nil, err
 	}
 	for i, in := range samples {
-		out, err := sess.Run(ctx, in)
+		out, err := run(ctx, in)
 		if err != nil {
 			return nil, fmt.Errorf("run reference sample %d: %w", i, err)
 		}
