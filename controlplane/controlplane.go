@@ -251,8 +251,11 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	srv := &http.Server{
 		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
+			Command: func(ctx context.Context, device string, payload []byte) error {
+				return publish(ctx, topics.Cmd(device), payload, 1, false)
+			},
 			AdminTokenHash: tokenHash, Logger: log,
-			Metrics: metricsHandler(reg, blocks)}),
+			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	httpErr := make(chan error, 1)
