@@ -414,6 +414,8 @@ func (a *Agent) onMessage(topic string, payload []byte) {
 		a.handleAck(payload)
 	case a.topics.Blocks(a.cfg.ID):
 		a.ota.fetcher.OnFrame(payload)
+	case a.topics.Cmd(a.cfg.ID):
+		a.handleCmd(payload)
 	default:
 		if strings.HasSuffix(topic, "/carousel") {
 			a.ota.fetcher.OnFrame(payload)

@@ -102,7 +102,7 @@ func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
 	now := time.Now()
 	for id, c := range it.collectors {
 		w := c.Flush(now)
-		if w.Requests > 0 {
+		if w.Requests > 0 || w.Labeled > 0 { // labels can come in a window after their predictions
 			windows = append(windows, w)
 			it.idle[id] = 0
 			continue

@@ -477,4 +477,5 @@ func (a *Agent) attachTelemetry(m *infer.Model, dir string) {
 		}
 		a.infTel.observe(c, m.Name, m.Version, d, err, in, out)
 	}
+	m.LabelObserver = c.ObserveLabel
 }

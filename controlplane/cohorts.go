@@ -78,11 +78,15 @@ type agg struct {
 	lat      hist.Snapshot
 	drifts   []drift.Summary
 	bundle   string
+	correct  int64
+	labeled  int64
 }
 
 func (a *agg) add(w telemetry.InferenceWindow) {
 	a.requests += int64(w.Requests)
 	a.errors += int64(w.Errors)
+	a.correct += int64(w.Correct)
+	a.labeled += int64(w.Labeled)
 	if a.lat.Count == 0 {
 		a.lat = w.Latency
 	} else if m, err := a.lat.Merge(w.Latency); err == nil {
@@ -189,10 +193,10 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 			base.devices++
 		}
 	}
-	m.Canary = deploy.Cohort{Devices: can.devices, Window: can.window()}
+	m.Canary = deploy.Cohort{Devices: can.devices, Window: can.window(), Correct: can.correct, Labeled: can.labeled}
 	m.Canary.OutputShift, m.Canary.InputDrift = c.scores(&can)
 	if base.devices > 0 {
-		m.Baseline = deploy.Cohort{Devices: base.devices, Window: base.window()}
+		m.Baseline = deploy.Cohort{Devices: base.devices, Window: base.window(), Correct: base.correct, Labeled: base.labeled}
 		m.Baseline.OutputShift, m.Baseline.InputDrift = c.scores(&base)
 	}
 	return m, nil

@@ -182,7 +182,7 @@ func (s *desiredService) startCarousel(id string) {
 	s.mu.Unlock()
 	go func() {
 		select {
-		case <-time.After(2 * time.Second):
+		case <-time.After(3 * time.Second):
 		case <-s.ctx.Done():
 			return
 		}

@@ -24,6 +24,9 @@ type InferenceWindow struct {
 	ErrorsByReason map[string]uint64 `json:"errors_by_reason,omitempty"`
 	Latency        hist.Snapshot     `json:"latency"`
 	Drift          *drift.Summary    `json:"drift,omitempty"`
+	// Labeled predictions of this version that got ground truth in the window, Correct of them.
+	Correct uint64 `json:"correct,omitempty"`
+	Labeled uint64 `json:"labeled,omitempty"`
 }
 
 // maxDriftSamples bounds feature extraction per window: a reduction over a large image costs about
@@ -43,6 +46,8 @@ type Collector struct {
 	specs    []drift.FeatureSpec
 	window   *drift.Window
 	sampled  int
+	correct  uint64
+	labeled  uint64
 }
 
 // NewCollector starts a window for a model version; ref may be nil (no drift profile).
@@ -98,12 +103,22 @@ func (c *Collector) Observe(d time.Duration, errReason string, inputs, outputs [
 	}
 }
 
+// ObserveLabel records the outcome of one ground-truth label for a prediction of this version.
+func (c *Collector) ObserveLabel(correct bool) {
+	c.mu.Lock()
+	c.labeled++
+	if correct {
+		c.correct++
+	}
+	c.mu.Unlock()
+}
+
 // Flush returns the window so far and starts the next one.
 func (c *Collector) Flush(now time.Time) InferenceWindow {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	w := InferenceWindow{Model: c.model, Version: c.version, Bundle: c.bundle, Start: c.start, End: now,
-		Requests: c.requests, Errors: c.errors, Latency: c.lat.Snapshot()}
+		Requests: c.requests, Errors: c.errors, Latency: c.lat.Snapshot(), Correct: c.correct, Labeled: c.labeled}
 	if len(c.reasons) > 0 {
 		w.ErrorsByReason = c.reasons
 	}
@@ -112,6 +127,7 @@ func (c *Collector) Flush(now time.Time) InferenceWindow {
 		w.Drift = &s
 	}
 	c.start, c.lat, c.requests, c.errors, c.reasons, c.sampled = now, hist.NewLatency(), 0, 0, map[string]uint64{}, 0
+	c.correct, c.labeled = 0, 0
 	return w
 }
 

@@ -70,6 +70,7 @@ func (s *Server) Handler() http.Handler {
 		mux.HandleFunc("POST "+prefix+"/infer", s.infer)
 	}
 	mux.Handle("GET /metrics", s.MetricsHandler())
+	mux.HandleFunc("POST /v1/feedback", s.feedback)
 	return mux
 }
 

@@ -80,6 +80,11 @@ type Model struct {
 	// Observer, when set before the model is served, sees every call (the agent's telemetry
 	// windows: latency, errors, and the inputs and outputs its drift profile samples).
 	Observer func(d time.Duration, err error, in, out []onnxrt.Tensor)
+	// LabelObserver, when set before the model is served, sees the outcome of every ground-truth
+	// label given for one of this version's predictions (POST /v1/feedback).
+	LabelObserver func(correct bool)
+	// Labels are the bundle's class labels (its labels file), index = class; feedback may name them.
+	Labels []string
 
 	requests, errors atomic.Int64
 }
@@ -132,6 +137,11 @@ func LoadWith(dir, id string, m *bundle.Manifest, opts onnxrt.Options, lo LoadOp
 		return nil, err
 	}
 	mod.pipe = pipe
+	if lf := m.FileByRole(bundle.RoleLabels); lf != nil {
+		if lb, err := os.ReadFile(filepath.Join(dir, lf.Path)); err == nil {
+			mod.Labels = readLabels(lb)
+		}
+	}
 	return mod, nil
 }
 

@@ -47,7 +47,8 @@ type Server struct {
 	Agent   string // server version for GET /v2
 	// MaxBody bounds a request body in bytes (0 = MaxRequestBytes); larger ones get 413.
 	MaxBody int64
-	bufs    sync.Pool // request and response buffers of the HTTP front end
+	bufs    sync.Pool               // request and response buffers of the HTTP front end
+	preds   map[string]*predictions // model name -> recent predictions by request id (feedback.go)
 }
 
 // NewServer returns an empty server.
@@ -213,6 +214,9 @@ func (s *Server) call(ctx context.Context, name, version string, c *oip.Call) ([
 		}
 	}
 	out, err := s.run(ctx, m, p, c.Inputs)
+	if err == nil {
+		s.remember(m, c.ID, out)
+	}
 	if err != nil || len(c.Outputs) == 0 {
 		return out, m, err
 	}

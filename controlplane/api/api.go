@@ -36,6 +36,8 @@ type Config struct {
 	Audit     Auditor
 	Drift     Drift
 	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
+	// Command publishes a command to a device (feedback.go); POST /api/v1/feedback answers 501 when nil.
+	Command CommandFunc
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -85,6 +87,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/devices/:id/desired", h.getDeviceDesired)
 	v1.PUT("/devices/:id/desired", h.setDeviceDesired)
 	v1.GET("/devices/:id/telemetry", h.deviceTelemetry)
+	v1.POST("/feedback", h.postFeedback)
 	v1.POST("/bundles", h.uploadBundle)
 	v1.GET("/bundles", h.listBundles)
 	v1.GET("/bundles/:id", h.getBundle)
