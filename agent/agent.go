@@ -328,11 +328,13 @@ func (a *Agent) connect(ctx context.Context) (<-chan error, error) {
 		c.Disconnect(0)
 		return nil, fmt.Errorf("subscribe: %w", err)
 	}
-	a.setConnected(c, true)
+	// Online first, then anything else: the control plane registers a device (and its group) from
+	// its first status, so telemetry must not overtake it.
 	if err := a.publishStatus(ctx, c, session); err != nil {
 		c.Disconnect(0)
 		return nil, err
 	}
+	a.setConnected(c, true)
 	if err := a.publishReported(ctx); err != nil {
 		a.log.Warn("publish reported state failed", "err", err)
 	}

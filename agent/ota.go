@@ -307,6 +307,13 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 	prev := o.accepted
 	o.mu.Unlock()
 	st, verdict, err := desired.Check(ctx, a.cfg.ID, payload, prev, time.Now(), o.trust.ControlVerifiers())
+	if errors.Is(err, desired.ErrReplay) && len(payload) > 0 && prev.State != nil {
+		// The broker's retained copy of an older generation can arrive after a newer one (both in
+		// flight at a reconnect); only the control plane may publish there, so this is stale, not
+		// an attack. It is still refused, just not reported as a problem.
+		a.log.Debug("ignored an older desired state", "err", err)
+		return
+	}
 	if err != nil {
 		a.log.Warn("refused desired state", "err", err)
 		o.mu.Lock()
