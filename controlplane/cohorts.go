@@ -16,6 +16,10 @@ import (
 	"github.com/edgefleet/edgefleet/telemetry/hist"
 )
 
+// minSelfHistory is the requests a canary device must have served on its previous bundle (in the
+// hour before) for its own before/after comparison to count.
+const minSelfHistory = 200
+
 // cohorts turns devices' stored inference windows into the rollout gates' inputs.
 type cohorts struct {
 	ing       *ingest.Ingest
@@ -177,7 +181,10 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 		if seen {
 			can.devices++
 		}
-		if before.requests > 0 && after.requests > 0 {
+		// A canary's history on its previous bundle stops growing once it switched: with too little
+		// of it the before/after comparison could never be made and the gate would wait forever,
+		// so such a device is judged by the cohort comparison alone.
+		if before.requests >= minSelfHistory && after.requests > 0 {
 			m.PerDevice[d] = deploy.BeforeAfter{Before: before.window(), After: after.window()}
 		}
 	}
