@@ -181,6 +181,9 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 		if seen {
 			can.devices++
 		}
+		if before.requests > 0 || after.requests > 0 {
+			m.HadTraffic = true
+		}
 		// A canary's history on its previous bundle stops growing once it switched: with too little
 		// of it the before/after comparison could never be made and the gate would wait forever,
 		// so such a device is judged by the cohort comparison alone.
@@ -190,7 +193,13 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 	}
 	for _, d := range baseline {
 		seen := false
-		for _, w := range c.windows(ctx, d, model, since) {
+		for _, w := range c.windows(ctx, d, model, since.Add(-time.Hour)) {
+			if w.Requests > 0 {
+				m.HadTraffic = true
+			}
+			if w.End.Before(since) {
+				continue
+			}
 			if w.Bundle != newBundle {
 				base.add(w)
 				seen = true
@@ -200,10 +209,12 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 			base.devices++
 		}
 	}
-	m.Canary = deploy.Cohort{Devices: can.devices, Window: can.window(), Correct: can.correct, Labeled: can.labeled}
+	// A cohort is its devices, whether or not their telemetry has arrived yet: a cohort with
+	// devices and no samples makes the gates wait; only an empty list means "no such cohort".
+	m.Canary = deploy.Cohort{Devices: len(canary), Window: can.window(), Correct: can.correct, Labeled: can.labeled}
 	m.Canary.OutputShift, m.Canary.InputDrift = c.scores(&can)
-	if base.devices > 0 {
-		m.Baseline = deploy.Cohort{Devices: base.devices, Window: base.window(), Correct: base.correct, Labeled: base.labeled}
+	if len(baseline) > 0 {
+		m.Baseline = deploy.Cohort{Devices: len(baseline), Window: base.window(), Correct: base.correct, Labeled: base.labeled}
 		m.Baseline.OutputShift, m.Baseline.InputDrift = c.scores(&base)
 	}
 	return m, nil

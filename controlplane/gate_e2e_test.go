@@ -77,6 +77,20 @@ func gateCatches(t *testing.T, fault, gate string, canary int, mosquitto bool) {
 		}
 		return true
 	})
+	// A fleet with traffic: wait until every device's inference windows on v1 are committed, so the
+	// gates compare real samples (the no-telemetry rule applies only to fleets without any).
+	fleettest.Eventually(t, 60*time.Second, "inference telemetry on v1 from every device", func() bool {
+		for i := 1; i <= n; i++ {
+			var body struct {
+				Messages []struct{ Body json.RawMessage } `json:"messages"`
+			}
+			cp.Do("GET", fmt.Sprintf("/api/v1/devices/sim-%05d/telemetry?kind=inference&limit=1", i), nil, &body)
+			if len(body.Messages) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	// The install case tests the install gate alone: on a loaded 2-core machine ten devices
 	// installing at once can be slower for a moment than the rest, which is not what it is about.
 	latencyGate := "1.5"
@@ -130,7 +144,7 @@ func gateCatches(t *testing.T, fault, gate string, canary int, mosquitto bool) {
 		return true
 	})
 	if touched > canary {
-		t.Fatalf("%d devices ran the bad release; only the %d canaries could have", touched, canary)
+		t.Fatalf("%d devices ran the bad release; only the %d canaries could have; decisions:\n%s", touched, canary, b)
 	}
 	for _, d := range v.Decisions {
 		if d.Action == "rollback" {

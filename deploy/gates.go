@@ -255,6 +255,10 @@ type Metrics struct {
 	Baseline Cohort `json:"baseline"`
 	// PerDevice: canary devices' own before/after metrics, keyed by device id.
 	PerDevice map[string]BeforeAfter `json:"per_device,omitempty"`
+	// HadTraffic says the cohorts' devices served inference traffic recently (before this look's
+	// window too), so empty windows mean telemetry has not arrived yet, not a fleet without
+	// traffic. The gates do not read it; the controller's no-telemetry rule does.
+	HadTraffic bool `json:"had_traffic,omitempty"`
 }
 
 // EvaluateModel runs the model-aware gates once, each test at level alpha (Step passes

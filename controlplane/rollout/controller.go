@@ -336,7 +336,7 @@ func noTraffic(m deploy.Metrics) bool {
 		return c.Requests == 0 && len(c.LatenciesMS) == 0 && c.Labeled == 0 &&
 			(c.OutputShift == nil || c.OutputShift.Samples == 0) && (c.InputDrift == nil || c.InputDrift.Samples == 0)
 	}
-	if !cohortQuiet(m.Canary) || !cohortQuiet(m.Baseline) {
+	if m.HadTraffic || !cohortQuiet(m.Canary) || !cohortQuiet(m.Baseline) {
 		return false
 	}
 	for _, ba := range m.PerDevice {
