@@ -8,11 +8,9 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -238,23 +236,7 @@ func TestConsoleBrowser(t *testing.T) {
 	k := fleettest.NewKeys(t)
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
 	const n = 10
-	bin := filepath.Join(fleettest.Binaries(t), "agent")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "sim.log"))
-	sim := exec.Command(bin, "simulate", "--count", fmt.Sprint(n), "--broker", cp.BrokerURL(), "--data", t.TempDir(),
-		"--groups", "line-a=60%,line-b=40%", "--trust", k.PubPath, "--control-key", cp.ControlPub(),
-		"--telemetry-interval", "1s", "--rate", "20", "--log-level", "warn")
-	sim.Stdout, sim.Stderr = logf, logf
-	if err := sim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sim.Process.Signal(syscall.SIGTERM)
-		sim.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("simulate log:\n%s", b)
-		}
-	})
+	fleettest.Simulate(t, cp, cp.BrokerURL(), k, n, "--groups", "line-a=60%,line-b=40%", "--rate", "20")
 	v1 := buildWake(t, k, "1.0.0", "")
 	cp.Push(v1)
 	cp.Push(buildWake(t, k, "1.1.0", "wake@1.0.0"))

@@ -3,11 +3,8 @@ package controlplane_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -50,16 +47,7 @@ func gateCatches(t *testing.T, fault, gate string, canary int, mosquitto bool) {
 	if mosquitto {
 		brokerURL = opts.Broker.URLs[0]
 	}
-	bin := filepath.Join(fleettest.Binaries(t), "agent")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "sim.log"))
-	cmd := exec.Command(bin, "simulate", "--count", fmt.Sprint(n), "--broker", brokerURL, "--data", t.TempDir(),
-		"--groups", "line-a", "--trust", k.PubPath, "--control-key", cp.ControlPub(), "--telemetry-interval", "1s",
-		"--rate", "25", "--fault", "bundle=wake@2.0.0,"+fault, "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	fleettest.Simulate(t, cp, brokerURL, k, n, "--groups", "line-a", "--rate", "25", "--fault", "bundle=wake@2.0.0,"+fault)
 
 	v1, id1 := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
 	v2, id2 := fleettest.RebuildWith(t, k, v1, "2.0.0", nil)

@@ -38,23 +38,7 @@ func TestPrometheusScrape(t *testing.T) {
 	fleettest.Models(t)
 	k := fleettest.NewKeys(t)
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
-	bin := filepath.Join(fleettest.Binaries(t), "agent")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "sim.log"))
-	cmd := exec.Command(bin, "simulate", "--count", fmt.Sprint(n), "--broker", cp.BrokerURL(), "--data", t.TempDir(),
-		"--groups", "line-a=50%,line-b=50%", "--trust", k.PubPath, "--control-key", cp.ControlPub(),
-		"--telemetry-interval", "1s", "--rate", "20", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("simulate log:\n%s", b)
-		}
-	})
+	fleettest.Simulate(t, cp, cp.BrokerURL(), k, n, "--groups", "line-a=50%,line-b=50%", "--rate", "20")
 
 	// Prometheus, scraping /metrics every second with the admin token.
 	promAddr := fleettest.FreeAddr(t)

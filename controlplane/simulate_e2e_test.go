@@ -3,10 +3,6 @@ package controlplane_test
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,23 +19,7 @@ func TestSimulatedFleet(t *testing.T) {
 	fleettest.Models(t)
 	k := fleettest.NewKeys(t)
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
-	bin := filepath.Join(fleettest.Binaries(t), "agent")
-	logf, _ := os.Create(filepath.Join(t.TempDir(), "sim.log"))
-	cmd := exec.Command(bin, "simulate", "--count", fmt.Sprint(n), "--broker", cp.BrokerURL(), "--data", t.TempDir(),
-		"--groups", "line-a=60%,line-b=40%", "--trust", k.PubPath, "--control-key", cp.ControlPub(),
-		"--telemetry-interval", "1s", "--rate", "20", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("simulate log:\n%s", b)
-		}
-	})
+	fleettest.Simulate(t, cp, cp.BrokerURL(), k, n, "--groups", "line-a=60%,line-b=40%", "--rate", "20")
 	fleettest.Eventually(t, 60*time.Second, "simulated devices online in their groups", func() bool {
 		groups := map[string]int{}
 		for _, d := range cp.Devices() {

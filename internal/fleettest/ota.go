@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/edgefleet/edgefleet/internal/oip"
@@ -284,4 +285,31 @@ func (a *Agent) ListenAddrAfter(t testing.TB, n int) string {
 		return addr != ""
 	})
 	return addr
+}
+
+// Simulate runs `agent simulate` with n devices trusting k and the control plane's control key,
+// telemetry every second, until the test ends; extra flags (groups, rate, faults) are appended.
+// Its log is printed when the test fails.
+func Simulate(t testing.TB, cp *ControlPlane, brokerURL string, k Keys, n int, extra ...string) {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "sim.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"simulate", "--count", fmt.Sprint(n), "--broker", brokerURL, "--data", t.TempDir(),
+		"--trust", k.PubPath, "--control-key", cp.ControlPub(), "--telemetry-interval", "1s", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(filepath.Join(Binaries(t), "agent"), args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("simulate log:\n%s", b)
+		}
+	})
 }
