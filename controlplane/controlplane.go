@@ -250,7 +250,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Groups: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},

@@ -23,12 +23,20 @@ import (
 
 const bucketGroups = "groups"
 
-// GroupRecord is a group's stored settings: its committed baseline bundle per model.
+// GroupRecord is a group's stored settings: its committed baseline bundle per model, whether it is
+// a production group, and its sample-capture policy.
 type GroupRecord struct {
 	Name     string            `json:"name"`
 	Baseline map[string]string `json:"baseline,omitempty"` // model -> bundle id
 	By       string            `json:"by,omitempty"`
 	At       time.Time         `json:"at,omitzero"`
+	// Production groups accept only bundles in the registry's production stage, by rollout and by
+	// direct assignment alike.
+	Production bool `json:"production"`
+	// Capture is off unless set: captured inputs can hold personal data.
+	Capture    fleet.CapturePolicy `json:"capture"`
+	SettingsBy string              `json:"settings_by,omitempty"`
+	SettingsAt time.Time           `json:"settings_at,omitzero"`
 }
 
 // desiredService assigns bundles to devices and groups (direct assignment; rollouts use the same
@@ -110,6 +118,9 @@ func (s *desiredService) AssignDevice(ctx context.Context, device string, rec bu
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkProduction(ctx, d.Group, rec); err != nil {
+		return nil, err
+	}
 	m, err := s.bundles.Manifest(ctx, rec.ID)
 	if err != nil {
 		return nil, err
@@ -133,6 +144,9 @@ type GroupAssignment struct {
 
 func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bundles.Record, bake time.Duration, by string) (any, error) {
 	if err := fleet.CheckGroup(group); err != nil {
+		return nil, err
+	}
+	if err := s.checkProduction(ctx, group, rec); err != nil {
 		return nil, err
 	}
 	m, err := s.bundles.Manifest(ctx, rec.ID)

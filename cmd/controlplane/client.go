@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -86,6 +88,7 @@ func (c *client) jsonBody(method, path string, v any) error {
 const clientUsage = `operator commands (against a running control plane):
   controlplane [--server URL --token T] devices list [--group G] | devices show ID | devices group ID GROUP
   controlplane ... groups list | groups show GROUP | groups assign GROUP BUNDLE
+  controlplane ... groups set GROUP [--production=true|false] [--capture=true|false --retention 720h --max-samples N]
   controlplane ... bundles push FILE | bundles list | bundles show ID | bundles stage ID staging|production|archived
   controlplane ... desired set DEVICE BUNDLE
   controlplane ... rollouts create|list|show|devices|pause|resume|abort|approve|rollback ... | groups rollback GROUP [--model M]
@@ -145,6 +148,38 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return c.jsonBody("PUT", "/api/v1/groups/"+esc(rest[0])+"/desired", map[string]string{"bundle": rest[1]})
+	case "groups set":
+		if len(rest) < 1 || strings.HasPrefix(rest[0], "-") {
+			return fmt.Errorf("groups set: name the group first\n%s", strings.TrimSpace(clientUsage))
+		}
+		fs := flag.NewFlagSet("groups set", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		production := fs.String("production", "", "true: only bundles in the production stage may go to this group")
+		capture := fs.String("capture", "", "true: devices of this group may capture samples for retraining")
+		retention := fs.String("retention", "", "how long captured samples are kept (e.g. 720h)")
+		maxSamples := fs.Int("max-samples", 0, "samples one capture may take")
+		if err := fs.Parse(rest[1:]); err != nil {
+			return err
+		}
+		body := map[string]any{}
+		if *production != "" {
+			v, err := strconv.ParseBool(*production)
+			if err != nil {
+				return fmt.Errorf("groups set: --production must be true or false")
+			}
+			body["production"] = v
+		}
+		if *capture != "" || *retention != "" || *maxSamples != 0 {
+			v, err := strconv.ParseBool(cmp.Or(*capture, "true"))
+			if err != nil {
+				return fmt.Errorf("groups set: --capture must be true or false")
+			}
+			body["capture"] = map[string]any{"enabled": v, "retention": *retention, "max_samples": *maxSamples}
+		}
+		if len(body) == 0 {
+			return fmt.Errorf("groups set: nothing to change; give --production or --capture")
+		}
+		return c.jsonBody("PUT", "/api/v1/groups/"+esc(rest[0]), body)
 	case "desired set":
 		if err := need(2); err != nil {
 			return err

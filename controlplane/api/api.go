@@ -36,6 +36,7 @@ type Config struct {
 	Audit     Auditor
 	Drift     Drift
 	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
+	Groups    GroupSettings
 	// Command publishes a command to a device (feedback.go); POST /api/v1/feedback answers 501 when nil.
 	Command CommandFunc
 	// Metrics serves Prometheus text format (behind the token).
@@ -83,6 +84,7 @@ func New(cfg Config) http.Handler {
 	v1.PUT("/devices/:id/group", h.setGroup)
 	v1.GET("/groups", h.listGroups)
 	v1.GET("/groups/:group", h.getGroup)
+	v1.PUT("/groups/:group", h.putGroup)
 	v1.PUT("/groups/:group/desired", h.setGroupDesired)
 	v1.GET("/devices/:id/desired", h.getDeviceDesired)
 	v1.PUT("/devices/:id/desired", h.setDeviceDesired)
@@ -179,18 +181,6 @@ func (h *handlers) setGroup(c *gin.Context) {
 
 func (h *handlers) listGroups(c *gin.Context) {
 	c.JSON(http.StatusOK, gin.H{"groups": h.cfg.Registry.Groups()})
-}
-
-func (h *handlers) getGroup(c *gin.Context) {
-	name := c.Param("group")
-	for _, g := range h.cfg.Registry.Groups() {
-		if g.Name == name {
-			c.JSON(http.StatusOK, gin.H{"name": g.Name, "devices": g.Devices, "online": g.Online,
-				"members": h.cfg.Registry.List(fleet.Filter{Group: name})})
-			return
-		}
-	}
-	fail(c, http.StatusNotFound, "not_found", "no group "+name)
 }
 
 // principal names who is calling, for records and audit.

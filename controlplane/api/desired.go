@@ -69,6 +69,8 @@ func (h *handlers) desiredError(c *gin.Context, err error) {
 		fail(c, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, ErrIncompatible):
 		fail(c, http.StatusUnprocessableEntity, "incompatible", err.Error())
+	case errors.Is(err, ErrNotProduction):
+		fail(c, http.StatusUnprocessableEntity, "not_production", err.Error())
 	default:
 		fail(c, http.StatusInternalServerError, "internal", err.Error())
 	}
