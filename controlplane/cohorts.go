@@ -26,8 +26,41 @@ type cohorts struct {
 	reg       *fleet.Registry
 	bundleDir string
 
-	mu   sync.Mutex
-	refs map[string]*drift.Reference // bundle id -> reference (nil: none)
+	// release names a bundle's model version (kind/name@version), so that variants of one version
+	// count as the same bundle; nil compares ids.
+	release func(bundleID string) string
+
+	mu       sync.Mutex
+	refs     map[string]*drift.Reference // bundle id -> reference (nil: none)
+	releases map[string]string           // bundle id -> release (bundles are immutable)
+}
+
+// same reports whether two bundle ids are the same model version (equal, or variants of it).
+func (c *cohorts) same(a, b string) bool {
+	if a == b || c.release == nil || a == "" || b == "" {
+		return a == b
+	}
+	return c.rel(a) == c.rel(b)
+}
+
+func (c *cohorts) rel(id string) string {
+	c.mu.Lock()
+	r, ok := c.releases[id]
+	c.mu.Unlock()
+	if ok {
+		return r
+	}
+	r = c.release(id)
+	if r == "" {
+		r = id
+	}
+	c.mu.Lock()
+	if c.releases == nil {
+		c.releases = map[string]string{}
+	}
+	c.releases[id] = r
+	c.mu.Unlock()
+	return r
 }
 
 // windows returns a device's inference windows of a model since a time.
@@ -170,11 +203,11 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 		seen := false
 		for _, w := range c.windows(ctx, d, model, since.Add(-time.Hour)) {
 			switch {
-			case w.Bundle == newBundle && !w.End.Before(since):
+			case c.same(w.Bundle, newBundle) && !w.End.Before(since):
 				after.add(w)
 				can.add(w)
 				seen = true
-			case w.Bundle != newBundle:
+			case !c.same(w.Bundle, newBundle):
 				before.add(w)
 			}
 		}
@@ -200,7 +233,7 @@ func (c *cohorts) CohortMetrics(ctx context.Context, model string, canary, basel
 			if w.End.Before(since) {
 				continue
 			}
-			if w.Bundle != newBundle {
+			if !c.same(w.Bundle, newBundle) {
 				base.add(w)
 				seen = true
 			}

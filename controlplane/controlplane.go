@@ -3,6 +3,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -28,6 +29,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
+	"github.com/edgefleet/edgefleet/controlplane/retrain"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
@@ -64,9 +66,21 @@ type Config struct {
 	DesiredTTL time.Duration
 	// TelemetryRetention is how long telemetry messages are kept (default 7 days).
 	TelemetryRetention time.Duration
-	Logger             *slog.Logger
+	// Retrain configures the retraining webhook; off without a URL.
+	Retrain RetrainConfig
+	Logger  *slog.Logger
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
+}
+
+// RetrainConfig says where retraining events go and when they fire.
+type RetrainConfig struct {
+	URL, Secret string
+	// AccuracyMin fires when a group's accuracy falls below it (0: off); Every fires on a schedule
+	// (0: off); CheckEvery is how often triggers are evaluated (default 5m) over Window of
+	// telemetry (default 1h); Cooldown spaces two events of one trigger (default 24h).
+	AccuracyMin                         float64
+	Every, CheckEvery, Window, Cooldown time.Duration
 }
 
 // Info tells where a running control plane listens.
@@ -156,7 +170,27 @@ func Run(ctx context.Context, cfg Config) error {
 	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
-	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{}}
+	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},
+		release: func(id string) string {
+			rec, err := breg.Get(svcCtx, id)
+			if err != nil {
+				return ""
+			}
+			return rec.Kind + "/" + rec.Name + "@" + rec.Version
+		}}
+	var retrainAPI api.Retrain
+	if cfg.Retrain.URL != "" {
+		n, err := retrain.New(retrain.Config{URL: cfg.Retrain.URL, Secret: cfg.Retrain.Secret, Store: st, Logger: log})
+		if err != nil {
+			return err
+		}
+		mon := &retrain.Monitor{N: n, Src: metrics, Logger: log, T: retrain.Triggers{Window: cfg.Retrain.Window,
+			AccuracyMin: cfg.Retrain.AccuracyMin, Every: cfg.Retrain.Every, Cooldown: cfg.Retrain.Cooldown}}
+		wg.Add(2)
+		go func() { defer wg.Done(); n.Run(svcCtx) }()
+		go func() { defer wg.Done(); mon.Run(svcCtx, cmp.Or(cfg.Retrain.CheckEvery, 5*time.Minute)) }()
+		retrainAPI = n
+	}
 	rollouts, err := rollout.New(rollout.Config{Store: st, Fleet: rolloutFleet{ds}, Metrics: metrics, Logger: log})
 	if err != nil {
 		return err
@@ -250,7 +284,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("HTTP listen on %s: %w", cfg.HTTPAddr, err)
 	}
 	srv := &http.Server{
-		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Groups: ds, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
+		Handler: api.New(api.Config{Registry: reg, Bundles: breg, Desired: ds, Groups: ds, Retrain: retrainAPI, Telemetry: ing, Rollouts: rollouts, Audit: auditLog{st}, Drift: driftAPI{metrics},
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/assign"
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
@@ -71,6 +70,15 @@ func compatible(d fleet.Device, m *bundle.Manifest) string {
 	if rt := d.Reported.Runtime; rt != nil && rt.MaxOpset > 0 && req.MinOpset > int64(rt.MaxOpset) {
 		return fmt.Sprintf("bundle needs opset %d, device's runtime supports up to %d", req.MinOpset, rt.MaxOpset)
 	}
+	if rt := d.Reported.Runtime; rt != nil && len(rt.ExecutionProviders) > 0 && len(req.ExecutionProviders) > 0 &&
+		!slices.ContainsFunc(req.ExecutionProviders, func(ep string) bool { return slices.Contains(rt.ExecutionProviders, ep) }) {
+		return fmt.Sprintf("bundle needs execution provider %s, device has %s", strings.Join(req.ExecutionProviders, " or "), strings.Join(rt.ExecutionProviders, ", "))
+	}
+	// The agent checks memory for a second session itself before loading; here only a device that
+	// could not even hold one session is ruled out, so a variant that fits can be chosen instead.
+	if rt := d.Reported.Runtime; rt != nil && rt.FreeMemory > 0 && req.PeakMemoryBytes > 0 && uint64(req.PeakMemoryBytes) > rt.FreeMemory {
+		return fmt.Sprintf("bundle needs %d MiB of memory at peak, device has %d MiB free", req.PeakMemoryBytes>>20, rt.FreeMemory>>20)
+	}
 	return ""
 }
 
@@ -99,9 +107,14 @@ func reportedGen(d fleet.Device) uint64 {
 	return d.Reported.Generation
 }
 
-func (s *desiredService) assign(ctx context.Context, d fleet.Device, rec bundles.Record, m *bundle.Manifest, bake time.Duration, carousel bool) (assign.Record, error) {
-	if why := compatible(d, m); why != "" {
-		return assign.Record{}, fmt.Errorf("%w: %s: %s", api.ErrIncompatible, d.ID, why)
+func (s *desiredService) assign(ctx context.Context, d fleet.Device, rec bundles.Record, bake time.Duration, carousel bool) (assign.Record, error) {
+	g, _, err := s.GroupSettings(ctx, d.Group)
+	if err != nil {
+		return assign.Record{}, err
+	}
+	rec, _, err = s.pickVariant(ctx, d, rec, g.Production)
+	if err != nil {
+		return assign.Record{}, err
 	}
 	return s.assigner.Update(ctx, d.ID, reportedGen(d), func(models map[string]desired.Model) error {
 		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size, Bake: desired.Duration(bake), Carousel: carousel}
@@ -121,11 +134,7 @@ func (s *desiredService) AssignDevice(ctx context.Context, device string, rec bu
 	if err := s.checkProduction(ctx, d.Group, rec); err != nil {
 		return nil, err
 	}
-	m, err := s.bundles.Manifest(ctx, rec.ID)
-	if err != nil {
-		return nil, err
-	}
-	r, err := s.assign(ctx, d, rec, m, bake, false)
+	r, err := s.assign(ctx, d, rec, bake, false)
 	if err != nil {
 		return nil, err
 	}
@@ -149,11 +158,7 @@ func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bund
 	if err := s.checkProduction(ctx, group, rec); err != nil {
 		return nil, err
 	}
-	m, err := s.bundles.Manifest(ctx, rec.ID)
-	if err != nil {
-		return nil, err
-	}
-	err = s.st.Update(ctx, func(tx store.Tx) error {
+	err := s.st.Update(ctx, func(tx store.Tx) error {
 		g := GroupRecord{Name: group}
 		if err := store.GetJSON(tx, bucketGroups, group, &g); err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
@@ -171,7 +176,7 @@ func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bund
 	out := GroupAssignment{Group: group, Bundle: rec.ID, Assigned: []string{}, Refused: []string{}}
 	out.Carousel = s.carouselMin > 0 && len(devs) >= s.carouselMin
 	for _, d := range devs {
-		if _, err := s.assign(ctx, d, rec, m, bake, out.Carousel); err != nil {
+		if _, err := s.assign(ctx, d, rec, bake, out.Carousel); err != nil {
 			out.Refused = append(out.Refused, err.Error())
 			continue
 		}
@@ -249,11 +254,7 @@ func (s *desiredService) onReported(ctx context.Context, device string) {
 		if err != nil {
 			continue
 		}
-		m, err := s.bundles.Manifest(ctx, id)
-		if err != nil {
-			continue
-		}
-		if _, err := s.assign(ctx, d, rec, m, 0, false); err != nil {
+		if _, err := s.assign(ctx, d, rec, 0, false); err != nil {
 			s.log.Warn("device cannot take its group's baseline", "device", device, "group", d.Group, "bundle", id, "err", err)
 		}
 	}

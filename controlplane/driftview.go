@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/retrain"
 	"github.com/edgefleet/edgefleet/telemetry"
 	"github.com/edgefleet/edgefleet/telemetry/drift"
 )
@@ -20,6 +22,10 @@ type GroupDrift struct {
 	Devices  int          `json:"devices"`
 	Requests uint64       `json:"requests"`
 	Report   drift.Report `json:"report"`
+	// Accuracy from feedback over the period, and whether it fell from the earlier half of the
+	// period to the recent half while the inputs still match the reference (concept drift).
+	Accuracy telemetry.Accuracy     `json:"accuracy"`
+	Concept  telemetry.ConceptDrift `json:"concept"`
 }
 
 // DriftView answers GET /api/v1/drift.
@@ -39,11 +45,13 @@ func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.
 		return DriftView{}, errNoReference
 	}
 	type acc struct {
-		devices  int
-		requests uint64
-		sums     []drift.Summary
+		devices       int
+		requests      uint64
+		sums          []drift.Summary
+		before, after telemetry.Accuracy
 	}
 	per := map[string]*acc{}
+	mid := since.Add(time.Since(since) / 2)
 	for _, d := range c.reg.List(fleet.Filter{Group: group}) {
 		msgs, err := c.ing.Query(ctx, d.ID, telemetry.KindInference, since, 0)
 		if err != nil {
@@ -62,6 +70,12 @@ func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.
 			}
 			a.requests += w.Requests
 			a.sums = append(a.sums, *w.Drift)
+			half := &a.after
+			if w.End.Before(mid) {
+				half = &a.before
+			}
+			half.Correct += w.Correct
+			half.Labeled += w.Labeled
 			seen = true
 		}
 		if seen {
@@ -78,8 +92,102 @@ func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.
 		if err != nil {
 			return DriftView{}, fmt.Errorf("score drift of group %s: %w", g, err)
 		}
-		v.Groups = append(v.Groups, GroupDrift{Group: g, Devices: a.devices, Requests: a.requests, Report: rep})
+		all := telemetry.Accuracy{Correct: a.before.Correct + a.after.Correct, Labeled: a.before.Labeled + a.after.Labeled}
+		v.Groups = append(v.Groups, GroupDrift{Group: g, Devices: a.devices, Requests: a.requests, Report: rep,
+			Accuracy: all, Concept: telemetry.DetectConceptDrift(a.before, a.after, rep.Drifted)})
 	}
 	sort.Slice(v.Groups, func(i, j int) bool { return v.Groups[i].Group < v.Groups[j].Group })
 	return v, nil
+}
+
+// Assess scores one bundle per group for the retraining triggers: drift of the merged windows
+// against the bundle's reference (when it has one), accuracy over the period, and the
+// concept-drift test of the earlier half of the period against the recent half.
+func (c *cohorts) Assess(ctx context.Context, bundleID string, since time.Time) ([]retrain.Assessment, error) {
+	ref := c.reference(bundleID)
+	mid := since.Add(time.Since(since) / 2)
+	type acc struct {
+		sums          []drift.Summary
+		before, after telemetry.Accuracy
+	}
+	per := map[string]*acc{}
+	for _, d := range c.reg.List(fleet.Filter{}) {
+		msgs, err := c.ing.Query(ctx, d.ID, telemetry.KindInference, since, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range msgs {
+			var w telemetry.InferenceWindow
+			if json.Unmarshal(m.Body, &w) != nil || w.Bundle != bundleID {
+				continue
+			}
+			a := per[d.Group]
+			if a == nil {
+				a = &acc{}
+				per[d.Group] = a
+			}
+			if w.Drift != nil {
+				a.sums = append(a.sums, *w.Drift)
+			}
+			half := &a.after
+			if w.End.Before(mid) {
+				half = &a.before
+			}
+			half.Correct += w.Correct
+			half.Labeled += w.Labeled
+		}
+	}
+	var out []retrain.Assessment
+	for g, a := range per {
+		as := retrain.Assessment{Group: g, Accuracy: telemetry.Accuracy{Correct: a.before.Correct + a.after.Correct, Labeled: a.before.Labeled + a.after.Labeled}}
+		if ref != nil && len(a.sums) > 0 {
+			merged, err := drift.Merge(a.sums...)
+			if err != nil {
+				return nil, fmt.Errorf("merge drift of group %s: %w", g, err)
+			}
+			rep, err := drift.Compare(ref, merged, drift.Options{})
+			if err != nil {
+				return nil, fmt.Errorf("score drift of group %s: %w", g, err)
+			}
+			as.Drifted = rep.Drifted
+			as.Scores = map[string]any{"max_psi": rep.MaxPSI, "max_js": rep.MaxJS, "max_ks": rep.MaxKS, "drifted_features": rep.DriftedFeatures}
+		}
+		as.Concept = telemetry.DetectConceptDrift(a.before, a.after, as.Drifted)
+		out = append(out, as)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Group < out[j].Group })
+	return out, nil
+}
+
+// Serving lists the bundles devices report active, with their groups.
+func (c *cohorts) Serving(ctx context.Context) []retrain.Serving {
+	groups := map[string]map[string]bool{}
+	models := map[string]string{}
+	for _, d := range c.reg.List(fleet.Filter{}) {
+		if d.Reported == nil {
+			continue
+		}
+		for name, m := range d.Reported.Models {
+			if m.Active == "" {
+				continue
+			}
+			if groups[m.Active] == nil {
+				groups[m.Active] = map[string]bool{}
+			}
+			groups[m.Active][d.Group] = true
+			models[m.Active] = name + "@" + m.Version
+		}
+	}
+	var out []retrain.Serving
+	for id, gs := range groups {
+		name, version, _ := strings.Cut(models[id], "@")
+		s := retrain.Serving{Bundle: id, Model: name, Version: version}
+		for g := range gs {
+			s.Groups = append(s.Groups, g)
+		}
+		sort.Strings(s.Groups)
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Bundle < out[j].Bundle })
+	return out
 }

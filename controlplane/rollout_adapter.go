@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/assign"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
@@ -35,12 +37,35 @@ func (f rolloutFleet) Bundle(ctx context.Context, ref string) (rollout.Bundle, e
 	return rollout.Bundle{ID: rec.ID, Name: rec.Name, Version: rec.Version, Stage: rec.Stage}, nil
 }
 
+// Incompatible says why a device can run no variant of the bundle's model version.
 func (f rolloutFleet) Incompatible(ctx context.Context, bundleID string, d fleet.Device) (string, error) {
-	m, err := f.ds.bundles.Manifest(ctx, bundleID)
+	rec, err := f.ds.bundles.Get(ctx, bundleID)
 	if err != nil {
 		return "", err
 	}
-	return compatible(d, m), nil
+	// The production stage is checked for the whole rollout by the controller, with its own error.
+	_, _, err = f.ds.pickVariant(ctx, d, rec, false)
+	switch {
+	case errors.Is(err, api.ErrIncompatible), errors.Is(err, api.ErrNoVariant):
+		_, why, _ := strings.Cut(err.Error(), d.ID+": ")
+		return why, nil
+	case err != nil:
+		return "", err
+	}
+	return "", nil
+}
+
+// Variants lists the ids of every variant of the bundle's model version.
+func (f rolloutFleet) Variants(ctx context.Context, bundleID string) []string {
+	rec, err := f.ds.bundles.Get(ctx, bundleID)
+	if err != nil {
+		return nil
+	}
+	var ids []string
+	for _, v := range f.ds.bundles.Variants(ctx, rec) {
+		ids = append(ids, v.ID)
+	}
+	return ids
 }
 
 // groupFields are the fields of a stored group the rollout controller reads. "production" is
@@ -83,12 +108,16 @@ func (f rolloutFleet) Assign(ctx context.Context, device, model, bundleID, rollo
 	if err != nil {
 		return err
 	}
-	m, err := f.ds.bundles.Manifest(ctx, rec.ID)
+	g, _, err := f.ds.GroupSettings(ctx, d.Group)
 	if err != nil {
 		return err
 	}
-	if why := compatible(d, m); why != "" {
-		return fmt.Errorf("%w: %s: %s", rollout.ErrRefused, device, why)
+	rec, _, err = f.ds.pickVariant(ctx, d, rec, g.Production)
+	if errors.Is(err, api.ErrIncompatible) || errors.Is(err, api.ErrNoVariant) {
+		return fmt.Errorf("%w: %w", rollout.ErrRefused, err)
+	}
+	if err != nil {
+		return err
 	}
 	_, err = f.ds.assigner.Update(ctx, device, reportedGen(d), func(models map[string]desired.Model) error {
 		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size,

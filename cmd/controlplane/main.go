@@ -102,6 +102,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bandwidth := fs.Int("bundle-bandwidth", 8<<20, "bytes per second for all bundle transfers together")
 	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
 	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
+	retrainURL := fs.String("retrain-webhook", "", "URL that receives retraining events (CloudEvents JSON, signed with --retrain-secret)")
+	retrainSecret := fs.String("retrain-secret", "", "HMAC-SHA256 key for the X-Edgefleet-Signature header of retraining events (prefer the environment variable)")
+	retrainAcc := fs.Float64("retrain-accuracy-min", 0, "fire a retraining event when a group's accuracy from feedback falls below this (0: off)")
+	retrainEvery := fs.Duration("retrain-every", 0, "fire a scheduled retraining event per model this often (0: off)")
+	retrainCheck := fs.Duration("retrain-check-interval", 5*time.Minute, "how often drift and accuracy are checked against the retraining triggers")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
@@ -118,6 +123,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
 		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
 		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
+		Retrain: controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

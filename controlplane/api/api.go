@@ -37,6 +37,7 @@ type Config struct {
 	Drift     Drift
 	Rollouts  Rollouts // the rollout controller; its routes answer 501 when nil
 	Groups    GroupSettings
+	Retrain   Retrain // the retraining webhook; its routes answer 501 when nil
 	// Command publishes a command to a device (feedback.go); POST /api/v1/feedback answers 501 when nil.
 	Command CommandFunc
 	// Metrics serves Prometheus text format (behind the token).
@@ -85,6 +86,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/groups", h.listGroups)
 	v1.GET("/groups/:group", h.getGroup)
 	v1.PUT("/groups/:group", h.putGroup)
+	h.retrainRoutes(v1)
 	v1.PUT("/groups/:group/desired", h.setGroupDesired)
 	v1.GET("/devices/:id/desired", h.getDeviceDesired)
 	v1.PUT("/devices/:id/desired", h.setDeviceDesired)

@@ -25,6 +25,10 @@ type Desired interface {
 // ErrIncompatible is returned (wrapped) by Desired when a device cannot run a bundle.
 var ErrIncompatible = errors.New("bundle incompatible with device")
 
+// ErrNoVariant is returned (wrapped) when a model version has several variants and a device can
+// run none of them.
+var ErrNoVariant = errors.New("no variant fits the device")
+
 var fleetAll = fleet.Filter{}
 
 func parseManifest(rec bundles.Record) (*bundle.Manifest, error) {
@@ -67,6 +71,8 @@ func (h *handlers) desiredError(c *gin.Context, err error) {
 	switch {
 	case errors.Is(err, fleet.ErrNotFound):
 		fail(c, http.StatusNotFound, "not_found", err.Error())
+	case errors.Is(err, ErrNoVariant):
+		fail(c, http.StatusUnprocessableEntity, "no_variant_fits", err.Error())
 	case errors.Is(err, ErrIncompatible):
 		fail(c, http.StatusUnprocessableEntity, "incompatible", err.Error())
 	case errors.Is(err, ErrNotProduction):

@@ -62,6 +62,8 @@ func rolloutError(c *gin.Context, err error) {
 		fail(c, http.StatusUnprocessableEntity, "unknown_bundle", err.Error())
 	case errors.Is(err, deploy.ErrEmptyTarget):
 		fail(c, http.StatusUnprocessableEntity, "empty_target", err.Error())
+	case errors.Is(err, rollout.ErrNoVariant):
+		fail(c, http.StatusUnprocessableEntity, "no_variant_fits", err.Error())
 	case errors.Is(err, rollout.ErrIncompatible):
 		fail(c, http.StatusUnprocessableEntity, "incompatible", err.Error())
 	case errors.Is(err, rollout.ErrNotProduction):

@@ -209,13 +209,45 @@ func (r *Registry) Get(ctx context.Context, ref string) (Record, error) {
 			match = append(match, o)
 		}
 	}
-	switch len(match) {
-	case 0:
+	if len(match) == 0 {
 		return Record{}, fmt.Errorf("%w: %s", ErrNotFound, ref)
-	case 1:
-		return match[0], nil
 	}
-	return Record{}, fmt.Errorf("%w: %s has %d variants; name one as %s:VARIANT", ErrConflict, ref, len(match), ref)
+	// name@version names a model version; with several variants it stands for the default one,
+	// and assignment picks, per device, the variant that device can run (controlplane/variants.go).
+	return DefaultVariant(match), nil
+}
+
+// DefaultVariant is the variant a bare name@version stands for: the unnamed or "fp32" one (the
+// reference the others were derived from), else the oldest upload.
+func DefaultVariant(vs []Record) Record {
+	best := vs[0]
+	for _, v := range vs[1:] {
+		if rank(v) < rank(best) || (rank(v) == rank(best) && v.UploadedAt.Before(best.UploadedAt)) {
+			best = v
+		}
+	}
+	return best
+}
+
+func rank(r Record) int {
+	if r.Variant == "" || r.Variant == "fp32" {
+		return 0
+	}
+	return 1
+}
+
+// Variants returns every bundle of the same kind, name and version as rec (rec included).
+func (r *Registry) Variants(ctx context.Context, rec Record) []Record {
+	var out []Record
+	for _, o := range r.List(ctx) {
+		if o.Name == rec.Name && o.Version == rec.Version && o.Kind == rec.Kind {
+			out = append(out, o)
+		}
+	}
+	if len(out) == 0 {
+		out = []Record{rec}
+	}
+	return out
 }
 
 // List returns every bundle, newest first.

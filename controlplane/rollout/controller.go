@@ -45,6 +45,14 @@ type Fleet interface {
 	SetGroupBaseline(ctx context.Context, group, model, bundleID, by string) error
 }
 
+// Variants is implemented by a Fleet whose model versions may ship as several variants (fp32,
+// int8, per execution provider): the device gets the one it can run, and a device on any variant
+// of the rollout's bundle counts as on that bundle.
+type Variants interface {
+	// Variants returns the ids of every variant of the bundle's model version, the bundle included.
+	Variants(ctx context.Context, bundleID string) []string
+}
+
 // Bundle is a registry entry as the controller needs it.
 type Bundle struct {
 	ID      string
@@ -89,6 +97,7 @@ var (
 	ErrNotFound      = errors.New("rollout not found")
 	ErrUnknownBundle = errors.New("unknown bundle")
 	ErrIncompatible  = errors.New("bundle incompatible with targeted devices")
+	ErrNoVariant     = errors.New("no variant of the bundle fits")
 	ErrNotProduction = errors.New("bundle not in the production stage")
 	ErrConflict      = errors.New("device already in an active rollout")
 	ErrNoRollback    = errors.New("nothing to roll back")
@@ -264,6 +273,17 @@ func (c *Controller) deviceMap() map[string]fleet.Device {
 	return m
 }
 
+// variants returns the set of bundle ids that count as the rollout's bundle.
+func (c *Controller) variants(ctx context.Context, bundleID string) map[string]bool {
+	set := map[string]bool{bundleID: true}
+	if v, ok := c.fleet.(Variants); ok {
+		for _, id := range v.Variants(ctx, bundleID) {
+			set[id] = true
+		}
+	}
+	return set
+}
+
 // step runs deploy.Step once and persists the result with its actions when anything changed.
 func (c *Controller) step(ctx context.Context, r *deploy.Rollout, devs map[string]fleet.Device) error {
 	now := c.now()
@@ -271,7 +291,7 @@ func (c *Controller) step(ctx context.Context, r *deploy.Rollout, devs map[strin
 	if err != nil {
 		return fmt.Errorf("encode rollout: %w", err)
 	}
-	obs := observe(r, devs)
+	obs := observe(r, devs, c.variants(ctx, r.Spec.Bundle))
 	if !c.started.IsZero() && now.Before(c.started.Add(c.cfg.Settle)) {
 		for id, st := range obs.Devices {
 			if !st.Online {

@@ -27,7 +27,8 @@ const (
 )
 
 // observe builds deploy's view of the rollout's devices from the registry.
-func observe(r *deploy.Rollout, devs map[string]fleet.Device) deploy.Observation {
+// variants holds the ids that count as the rollout's bundle (its variants).
+func observe(r *deploy.Rollout, devs map[string]fleet.Device, variants map[string]bool) deploy.Observation {
 	obs := deploy.Observation{Devices: make(map[string]deploy.DeviceState, len(r.Devices))}
 	model := r.Spec.ModelName()
 	for _, rec := range r.Devices {
@@ -39,7 +40,14 @@ func observe(r *deploy.Rollout, devs map[string]fleet.Device) deploy.Observation
 		if d.Reported != nil {
 			if m, ok := d.Reported.Models[model]; ok {
 				st.Bundle = m.Active
-				st.Install, st.Reason = installState(r.Spec.Bundle, m)
+				target := r.Spec.Bundle
+				if variants[m.Target] {
+					target = m.Target // the variant this device was given
+				}
+				if variants[m.Active] {
+					st.Bundle = r.Spec.Bundle // deploy compares with the rollout's bundle
+				}
+				st.Install, st.Reason = installState(target, m)
 			}
 		}
 		if rec.Status == deploy.StatusRollingBack && rec.Previous == "" {

@@ -128,6 +128,9 @@ func (c *Controller) Create(ctx context.Context, spec deploy.Spec, by string) (V
 			more = fmt.Sprintf(" (and %d more)", len(bad)-5)
 			bad = bad[:5]
 		}
+		if len(c.variants(ctx, b.ID)) > 1 {
+			return View{}, fmt.Errorf("%w: %d of %d targeted devices can run no variant of %s@%s: %s%s", ErrNoVariant, len(bad), len(r.Devices), b.Name, b.Version, strings.Join(bad, "; "), more)
+		}
 		return View{}, fmt.Errorf("%w: %d of %d targeted devices cannot run %s: %s%s", ErrIncompatible, len(bad), len(r.Devices), b.Ref(), strings.Join(bad, "; "), more)
 	}
 	for _, g := range slices.Sorted(maps.Keys(r.Baselines)) {

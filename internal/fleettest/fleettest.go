@@ -105,6 +105,7 @@ type CPOptions struct {
 	ControlKey           string
 	BundleBytesPerSecond int
 	CarouselMin          int
+	Retrain              controlplane.RetrainConfig
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -119,7 +120,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 	cp := &ControlPlane{t: t, Token: "test-admin-token", Cfg: controlplane.Config{
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
 		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
-		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin,
+		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin, Retrain: o.Retrain,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)

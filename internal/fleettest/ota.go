@@ -2,6 +2,7 @@ package fleettest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -134,6 +135,20 @@ func BuildBundleRef(t testing.TB, k Keys, model, name, version string, n int) (p
 // outputs that no longer match), signed by the same key: a bad release that is correctly signed.
 func RebuildWith(t testing.TB, k Keys, src, version string, edit func(path string, data []byte) []byte) (path, id string) {
 	t.Helper()
+	return Rebuild(t, k, src, func(in *bundle.BuildInput) {
+		in.Version = version
+		if edit != nil {
+			for i, f := range in.Files {
+				in.Files[i].Bytes = edit(f.Path, f.Bytes)
+			}
+		}
+	})
+}
+
+// Rebuild re-signs a bundle after change edits what goes into it (version, variant, requirements,
+// files): a correctly signed release with exactly the facts a test needs.
+func Rebuild(t testing.TB, k Keys, src string, change func(in *bundle.BuildInput)) (path, id string) {
+	t.Helper()
 	dir := t.TempDir()
 	f, err := os.Open(src)
 	if err != nil {
@@ -145,23 +160,21 @@ func RebuildWith(t testing.TB, k Keys, src, version string, edit func(path strin
 		t.Fatal(err)
 	}
 	m := b.Manifest
-	in := bundle.BuildInput{Kind: m.Kind, Name: m.Name, Version: version, Variant: m.Variant, Schema: m.Schema, ONNX: m.ONNX, Requirements: m.Requirements, BlockSize: m.BlockSize}
+	in := bundle.BuildInput{Kind: m.Kind, Name: m.Name, Version: m.Version, Variant: m.Variant, Schema: m.Schema, ONNX: m.ONNX, Requirements: m.Requirements, BlockSize: m.BlockSize}
 	for _, fe := range m.Files {
 		data, err := os.ReadFile(filepath.Join(dir, "x", fe.Path))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if edit != nil {
-			data = edit(fe.Path, data)
-		}
 		in.Files = append(in.Files, bundle.File{Path: fe.Path, Role: fe.Role, Bytes: data})
 	}
+	change(&in)
 	var buf bytes.Buffer
 	id, _, err = bundle.Build(context.Background(), in, k.Release, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path = filepath.Join(dir, m.Name+"-"+version+".bundle")
+	path = filepath.Join(dir, in.Name+"-"+in.Version+"-"+cmp.Or(in.Variant, "default")+".bundle")
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
