@@ -317,3 +317,35 @@ func TestSessionCarriesRole(t *testing.T) {
 		t.Fatalf("session after its token was revoked: %d, want 401", w.Code)
 	}
 }
+
+// TestMetricsPublic: /metrics takes a viewer token unless MetricsPublic (--metrics-public).
+func TestMetricsPublic(t *testing.T) {
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "edgefleet_up 1\n") })
+	for _, c := range []struct {
+		public      bool
+		token, what string
+		want        int
+	}{
+		{false, "", "no token", 401},
+		{false, "viewer", "viewer token", 200},
+		{true, "", "no token, public", 200},
+	} {
+		st := store.NewMemory()
+		tk := auth.New(st, sha256.Sum256([]byte(adminToken)))
+		h := api.New(api.Config{Tokens: tk, Metrics: metrics, MetricsPublic: c.public})
+		req := httptest.NewRequest("GET", "/metrics", nil)
+		if c.token != "" {
+			_, raw, err := tk.Create(context.Background(), "prom", auth.Viewer, "test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", "Bearer "+raw)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		if w.Code != c.want {
+			t.Errorf("%s: %d, want %d", c.what, w.Code, c.want)
+		}
+		st.Close()
+	}
+}
