@@ -1,6 +1,7 @@
 // Package api is the control plane's HTTP API (gin): JSON under /api/v1, liveness at /healthz.
-// Every /api route requires a token whose role the route's rule allows (roles.go; deny by default). It owns routing, request
-// validation and error shapes; the registry and other state live behind interfaces.
+// Every /api route requires a token whose role the route's rule allows (roles.go; deny by
+// default). It owns routing, request validation and error shapes; the registry and other state
+// live behind interfaces.
 package api
 
 import (
