@@ -476,6 +476,32 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	shot(t, ctx, shots, "rollout-tablet")
 
+	// A viewer's session: the role is shown and the actions it may not take are hidden.
+	var viewer struct{ Token string }
+	if code, body := cp.Do("POST", "/api/v1/tokens", map[string]string{"name": "wall-screen", "role": "viewer"}, &viewer); code != 201 {
+		t.Fatalf("create a viewer token: %d %s", code, body)
+	}
+	run("log out", chromedp.EmulateViewport(1400, 900), chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#token")))
+	run("log in as viewer", chromedp.SendKeys(chromedp.CSS("#token"), viewer.Token), chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS("#stats")))
+	waitText("#principal", "wall-screen", 5*time.Second)
+	waitText("#principal", "(viewer)", 5*time.Second)
+	shown := func(sel string) any {
+		return eval(fmt.Sprintf(`(() => { const el = document.querySelector(%q); return el ? getComputedStyle(el).display !== 'none' : 'absent' })()`, sel))
+	}
+	run("viewer: rollout", chromedp.Navigate(base+"/#/rollouts/"+rolloutID))
+	waitText("#ro-decisions", "pause", 10*time.Second)
+	for _, sel := range []string{"#ro-resume", "#ro-abort"} {
+		if v := shown(sel); v != false {
+			t.Errorf("viewer sees %s (shown: %v)", sel, v)
+		}
+	}
+	run("viewer: groups", chromedp.Navigate(base+"/#/groups"))
+	waitText("#group-list", "line-a", 10*time.Second)
+	if v := shown(`button[data-rollback="line-a"]`); v != false {
+		t.Errorf("viewer sees the rollback button (shown: %v)", v)
+	}
+	shot(t, ctx, shots, "groups-viewer")
+
 	if p := logs.unexpected(); len(p) > 0 {
 		t.Fatalf("the browser logged errors:\n%s", strings.Join(p, "\n"))
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/assign"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/auth"
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
@@ -69,6 +70,8 @@ type Config struct {
 	// Retrain configures the retraining webhook; off without a URL.
 	Retrain RetrainConfig
 	Logger  *slog.Logger
+	// MetricsPublic serves /metrics without a token (default: a viewer token is needed).
+	MetricsPublic bool
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
 }
@@ -289,6 +292,7 @@ func Run(ctx context.Context, cfg Config) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},
 			AdminTokenHash: tokenHash, Logger: log,
+			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

@@ -92,6 +92,7 @@ const clientUsage = `operator commands (against a running control plane):
   controlplane ... bundles push FILE | bundles list | bundles show ID | bundles stage ID staging|production|archived
   controlplane ... desired set DEVICE BUNDLE
   controlplane ... rollouts create|list|show|devices|pause|resume|abort|approve|rollback ... | groups rollback GROUP [--model M]
+  controlplane ... tokens create --name NAME --role viewer|operator|admin | tokens list | tokens revoke ID
 `
 
 func runClient(args []string, stdout, stderr io.Writer) error {
@@ -110,6 +111,9 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	if handled, err := c.rolloutCommand(noun, verb, rest, stderr); handled { // cmd/controlplane/rollouts.go
+		return err
+	}
+	if handled, err := c.tokenCommand(noun, verb, rest, stderr); handled { // cmd/controlplane/tokens.go
 		return err
 	}
 	esc := url.PathEscape

@@ -108,6 +108,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	retrainEvery := fs.Duration("retrain-every", 0, "fire a scheduled retraining event per model this often (0: off)")
 	retrainCheck := fs.Duration("retrain-check-interval", 5*time.Minute, "how often drift and accuracy are checked against the retraining triggers")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	metricsPublic := fs.Bool("metrics-public", false, "serve /metrics without a token (default: a viewer token is needed)")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
@@ -123,7 +124,8 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
 		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
 		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
-		Retrain: controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
+		Retrain:       controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
+		MetricsPublic: *metricsPublic,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

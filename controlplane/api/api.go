@@ -1,22 +1,22 @@
 // Package api is the control plane's HTTP API (gin): JSON under /api/v1, liveness at /healthz.
-// Every /api route requires a bearer token (deny by default). It owns routing, request
-// validation and error shapes; the registry and other state live behind interfaces.
+// Every /api route requires a token whose role the route's rule allows (roles.go; deny by
+// default). It owns routing, request validation and error shapes; the registry and other state
+// live behind interfaces.
 package api
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
 
+	"github.com/edgefleet/edgefleet/controlplane/auth"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
+	"github.com/edgefleet/edgefleet/controlplane/store"
 )
 
 // Registry is what the API needs of the device registry.
@@ -43,8 +43,13 @@ type Config struct {
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
+	// Used only when Tokens is nil (then other tokens live in memory).
 	AdminTokenHash [32]byte
-	Logger         *slog.Logger
+	// Tokens authenticates bearer tokens and keeps the API tokens (roles.go, tokens.go).
+	Tokens *auth.Tokens
+	// MetricsPublic serves /metrics without a token (--metrics-public).
+	MetricsPublic bool
+	Logger        *slog.Logger
 }
 
 // Error is the JSON error body.
@@ -72,12 +77,19 @@ func New(cfg Config) http.Handler {
 	r.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
 	r.GET("/api/v1/openapi.json", serveOpenAPI) // public, outside the token group: see openapi.go
 
-	h := &handlers{cfg: cfg, sess: newSessionStore()}
+	h := &handlers{cfg: cfg, sess: newSessionStore(), tokens: cfg.Tokens}
+	if h.tokens == nil {
+		h.tokens = auth.New(store.NewMemory(), cfg.AdminTokenHash)
+	}
 	h.consoleRoutes(r) // web console at GET /, its assets and the session endpoints (console.go)
-	if cfg.Metrics != nil {
+	if cfg.Metrics != nil && cfg.MetricsPublic {
+		r.GET("/metrics", gin.WrapH(cfg.Metrics))
+	} else if cfg.Metrics != nil {
 		r.GET("/metrics", h.auth, gin.WrapH(cfg.Metrics))
 	}
-	v1 := r.Group("/api/v1", h.auth, h.auditMutations)
+	// auth checks each route's minimum role (roles.go); the audit middleware wraps it so that
+	// refusals are recorded too.
+	v1 := r.Group("/api/v1", h.auditMutations, h.auth)
 	v1.GET("/audit", h.listAudit)
 	v1.GET("/drift", h.fleetDrift)
 	v1.GET("/devices", h.listDevices)
@@ -97,6 +109,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/bundles/:id", h.getBundle)
 	v1.PUT("/bundles/:id/stage", h.setStage)
 	h.rolloutRoutes(v1)
+	h.tokenRoutes(v1) // tokens.go
 	return r
 }
 
@@ -113,28 +126,9 @@ func logRequests(log *slog.Logger) gin.HandlerFunc {
 }
 
 type handlers struct {
-	cfg  Config
-	sess *sessionStore // console sessions (console.go)
-}
-
-func (h *handlers) auth(c *gin.Context) {
-	if h.cookieAuth(c) { // the console's session cookie, when there is no Authorization header
-		return
-	}
-	hdr := c.GetHeader("Authorization")
-	tok, ok := strings.CutPrefix(hdr, "Bearer ")
-	if !ok || tok == "" {
-		c.Header("WWW-Authenticate", `Bearer realm="edgefleet"`)
-		fail(c, http.StatusUnauthorized, "unauthorized", "missing bearer token: send 'Authorization: Bearer TOKEN' (the admin token is in DATA/admin.token)")
-		return
-	}
-	sum := sha256.Sum256([]byte(tok))
-	if subtle.ConstantTimeCompare(sum[:], h.cfg.AdminTokenHash[:]) != 1 {
-		fail(c, http.StatusUnauthorized, "unauthorized", "invalid token")
-		return
-	}
-	c.Set("principal", "admin")
-	c.Next()
+	cfg    Config
+	sess   *sessionStore // console sessions (console.go)
+	tokens *auth.Tokens  // who a token stands for (roles.go)
 }
 
 func (h *handlers) listDevices(c *gin.Context) {

@@ -17,8 +17,9 @@ type Auditor interface {
 	List(ctx context.Context, since time.Time, limit int) ([]audit.Entry, error)
 }
 
-// auditMutations records every mutating call after it ran: who, what, on what, from where and
-// the outcome (the HTTP status), whether it succeeded or not.
+// auditMutations records every mutating call after it ran: who (the token's name and id, and its
+// role; never the token), what, on what, from where and the outcome (the HTTP status, or "denied"
+// for a call refused for its credentials or role), whether it succeeded or not.
 func (h *handlers) auditMutations(c *gin.Context) {
 	c.Next()
 	if h.cfg.Audit == nil {
@@ -28,8 +29,15 @@ func (h *handlers) auditMutations(c *gin.Context) {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		return
 	}
-	e := audit.Entry{At: time.Now().UTC(), Who: principal(c), Action: c.Request.Method + " " + c.FullPath(),
+	e := audit.Entry{At: time.Now().UTC(), Who: principal(c), Role: c.GetString("role"), Action: c.Request.Method + " " + c.FullPath(),
 		Target: c.Request.URL.Path, From: c.ClientIP(), Outcome: strconv.Itoa(c.Writer.Status())}
+	if t := c.GetString(ctxAuditTarget); t != "" {
+		e.Target = t
+	}
+	if why := c.GetString(ctxDenied); why != "" {
+		// A refused call: 401 (no or a bad credential) or 403 (too weak a role, no CSRF header).
+		e.Outcome, e.Reason = "denied", strconv.Itoa(c.Writer.Status())+" "+why
+	}
 	if err := h.cfg.Audit.Record(context.WithoutCancel(c.Request.Context()), e); err != nil && h.cfg.Logger != nil {
 		h.cfg.Logger.Error("audit entry not recorded", "action", e.Action, "err", err)
 	}

@@ -113,6 +113,9 @@ func (h *handlers) setStage(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "bad_request", `body must be JSON {"stage": "staging|production|archived"}`)
 		return
 	}
+	if !h.requireRole(c, stageRole(body.Stage), "setting the "+body.Stage+" stage") {
+		return
+	}
 	rec, err := h.cfg.Bundles.SetStage(c.Request.Context(), c.Param("id"), body.Stage, principal(c))
 	if err != nil {
 		bundleError(c, err)

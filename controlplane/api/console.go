@@ -18,9 +18,9 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
-	"maps"
 	"mime"
 	"net/http"
 	"net/url"
@@ -33,6 +33,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/edgefleet/edgefleet/controlplane/audit"
+	"github.com/edgefleet/edgefleet/controlplane/auth"
 	"github.com/edgefleet/edgefleet/web"
 )
 
@@ -49,10 +50,10 @@ const (
 )
 
 type session struct {
-	csrf    string
-	keys    map[any]any // what auth set on the login request: principal, role...
-	expires time.Time
-	created time.Time
+	csrf      string
+	principal auth.Principal // who logged in; checked against the token store on every request
+	expires   time.Time
+	created   time.Time
 }
 
 // sessionStore maps session ids to sessions. Sessions live in memory: a restarted control plane
@@ -77,10 +78,10 @@ func sessionKey(id string) string {
 	return hex.EncodeToString(s[:])
 }
 
-func (s *sessionStore) create(keys map[any]any) (id string, sess *session) {
+func (s *sessionStore) create(p auth.Principal) (id string, sess *session) {
 	now := time.Now()
 	id = randomToken()
-	sess = &session{csrf: randomToken(), keys: keys, created: now, expires: now.Add(SessionTTL)}
+	sess = &session{csrf: randomToken(), principal: p, created: now, expires: now.Add(SessionTTL)}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var oldestKey string
@@ -118,36 +119,38 @@ func (s *sessionStore) remove(id string) {
 }
 
 // cookieAuth authenticates a request that carries the console's session cookie and no
-// Authorization header. It reports whether it handled the request (let it through or refused it);
-// false leaves the request to the bearer check.
-func (h *handlers) cookieAuth(c *gin.Context) bool {
+// Authorization header. handled is false when there is no such cookie (the bearer check decides);
+// otherwise ok says whether the session holds, and a refusal has been answered.
+func (h *handlers) cookieAuth(c *gin.Context) (p auth.Principal, handled, ok bool) {
 	if h.sess == nil || c.GetHeader("Authorization") != "" {
-		return false
+		return auth.Principal{}, false, false
 	}
 	id, err := c.Cookie(SessionCookie)
 	if err != nil || id == "" {
-		return false
+		return auth.Principal{}, false, false
 	}
 	sess := h.sess.get(id)
 	if sess == nil {
-		fail(c, http.StatusUnauthorized, "session_expired", "your console session has expired or was ended: log in again")
-		return true
+		h.deny(c, http.StatusUnauthorized, "session_expired", "your console session has expired or was ended: log in again")
+		return auth.Principal{}, true, false
 	}
 	switch c.Request.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 	default:
 		got := c.GetHeader(CSRFHeader)
 		if got == "" || subtle.ConstantTimeCompare([]byte(got), []byte(sess.csrf)) != 1 {
-			fail(c, http.StatusForbidden, "csrf", "missing or wrong "+CSRFHeader+" header: a request made with the session cookie must echo the "+CSRFCookie+" cookie")
-			return true
+			h.deny(c, http.StatusForbidden, "csrf", "missing or wrong "+CSRFHeader+" header: a request made with the session cookie must echo the "+CSRFCookie+" cookie")
+			return auth.Principal{}, true, false
 		}
 	}
-	for k, v := range sess.keys {
-		c.Set(k, v)
+	// A session lives no longer than its token: revoking the token ends it at once.
+	if !h.tokens.Active(c.Request.Context(), sess.principal) {
+		h.sess.remove(id)
+		h.deny(c, http.StatusUnauthorized, "session_expired", "the token this console session was opened with has been revoked: log in again")
+		return auth.Principal{}, true, false
 	}
 	c.Set("session", true)
-	c.Next()
-	return true
+	return sess.principal, true, true
 }
 
 // consoleRoutes serves the console and its session endpoints.
@@ -229,14 +232,14 @@ func sameOrigin(c *gin.Context) bool {
 	return err == nil && u.Host == c.Request.Host
 }
 
-// login handles POST /api/v1/session {"token": "..."}: the token is checked by the same
-// middleware as a bearer request, so roles and hashing stay in one place.
+// login handles POST /api/v1/session {"token": "..."}: any API token; the session carries the
+// token's principal and role, checked exactly as a bearer request is (package auth).
 func (h *handlers) login(c *gin.Context) {
 	record := func(who, outcome string) {
 		if h.cfg.Audit == nil {
 			return
 		}
-		e := audit.Entry{At: time.Now().UTC(), Who: who, Action: "POST /api/v1/session", Target: "console login",
+		e := audit.Entry{At: time.Now().UTC(), Who: who, Role: c.GetString("role"), Action: "POST /api/v1/session", Target: "console login",
 			From: c.ClientIP(), Outcome: outcome}
 		h.cfg.Audit.Record(context.WithoutCancel(c.Request.Context()), e)
 	}
@@ -255,23 +258,18 @@ func (h *handlers) login(c *gin.Context) {
 		fail(c, http.StatusBadRequest, "bad_request", `body must be JSON {"token": "..."}: paste an API token (the admin token is in DATA/admin.token)`)
 		return
 	}
-	// Run the bearer middleware on this request with the pasted token. On success it calls
-	// c.Next(), which finds no further handler here and returns; on failure it aborts with 401.
-	c.Request.Header.Set("Authorization", "Bearer "+strings.TrimSpace(body.Token))
-	before := maps.Clone(c.Keys)
-	h.auth(c)
-	c.Request.Header.Del("Authorization")
-	if c.IsAborted() {
+	p, err := h.tokens.Authenticate(c.Request.Context(), strings.TrimSpace(body.Token))
+	if err != nil {
+		if errors.Is(err, auth.ErrInvalid) {
+			fail(c, http.StatusUnauthorized, "unauthorized", "invalid token")
+		} else {
+			fail(c, http.StatusServiceUnavailable, "unavailable", "could not check the token: "+err.Error())
+		}
 		record("unknown", strconv.Itoa(c.Writer.Status()))
 		return
 	}
-	keys := map[any]any{}
-	for k, v := range c.Keys {
-		if _, had := before[k]; !had {
-			keys[k] = v
-		}
-	}
-	id, sess := h.sess.create(keys)
+	setPrincipal(c, p)
+	id, sess := h.sess.create(p)
 	secure := c.Request.TLS != nil
 	http.SetCookie(c.Writer, &http.Cookie{Name: SessionCookie, Value: id, Path: "/", HttpOnly: true,
 		Secure: secure, SameSite: http.SameSiteStrictMode, Expires: sess.expires})
@@ -285,7 +283,7 @@ func (h *handlers) login(c *gin.Context) {
 
 // whoami answers GET /api/v1/session: who the cookie (or bearer token) stands for.
 func (h *handlers) whoami(c *gin.Context) {
-	c.JSON(http.StatusOK, gin.H{"principal": principal(c), "role": c.GetString("role"), "session": c.GetBool("session")})
+	c.JSON(http.StatusOK, gin.H{"principal": principal(c), "id": c.GetString("principal_id"), "role": c.GetString("role"), "session": c.GetBool("session")})
 }
 
 // logout ends the session (with the CSRF header, like any mutating call) and clears the cookies.

@@ -20,6 +20,7 @@ const Bucket = "audit"
 type Entry struct {
 	At      time.Time `json:"at"`
 	Who     string    `json:"who"`
+	Role    string    `json:"role,omitempty"` // the caller's role, for API calls
 	Action  string    `json:"action"`
 	Target  string    `json:"target,omitempty"`
 	Rollout string    `json:"rollout,omitempty"`

@@ -136,10 +136,13 @@ function login(root) {
 async function whoami() {
   const who = document.getElementById('principal');
   const out = document.getElementById('logout');
-  if (!hasSession()) { who.textContent = ''; out.hidden = true; return; }
+  if (!hasSession()) { who.textContent = ''; out.hidden = true; delete document.body.dataset.role; return; }
   try {
     const me = await api('GET', '/session');
     who.textContent = me.principal + (me.role && me.role !== me.principal ? ' (' + me.role + ')' : '');
+    // console.css hides what the role may not do (.needs-operator, .needs-admin); the server
+    // enforces it either way.
+    document.body.dataset.role = me.role || '';
     out.hidden = false;
   } catch { /* 401 handled by onUnauthorized */ }
 }
@@ -149,6 +152,7 @@ document.getElementById('logout').addEventListener('click', async () => {
   document.cookie = 'ef_csrf=; Max-Age=0; Path=/; SameSite=Strict';
   document.getElementById('principal').textContent = '';
   document.getElementById('logout').hidden = true;
+  delete document.body.dataset.role;
   location.hash = '#/login';
 });
 

@@ -73,10 +73,10 @@ function provenance(p) {
 
 // stageForm moves a bundle between staging, production and archived (production needs admin).
 function stageForm(b, msg) {
-  const sel = h('select', { id: 'stage' }, ['staging', 'production', 'archived'].map((st) => h('option', { value: st }, st)));
+  const sel = h('select', { id: 'stage' }, ['staging', 'production', 'archived'].map((st) => h('option', { value: st, class: st === 'staging' ? '' : 'needs-admin' }, st)));
   sel.value = b.stage;
   const btn = h('button', { type: 'submit', class: 'secondary' }, 'Set stage');
-  const form = h('form', { class: 'toolbar stageform' }, h('label', {}, 'Move to stage', sel), btn);
+  const form = h('form', { class: 'toolbar stageform needs-operator' }, h('label', {}, 'Move to stage', sel), btn);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try {

@@ -52,7 +52,7 @@ export function groups(root) {
         { title: 'Models running', cell: (g) => [...modelsOf(members(g.name))].map(([name, ids]) => h('div', {}, name + ': ', [...ids].map(([id, n]) => (id ? refOf(id) : 'none') + ' ×' + n).join(', '))) },
         { title: '', cell: (g) => h('div', { class: 'btnrow' },
           link('#/devices?group=' + enc(g.name), 'Devices'),
-          h('button', { class: 'small danger', type: 'button', 'data-rollback': g.name, onclick: () => rollback(g.name, modelsOf(members(g.name)).keys(), result) }, 'Roll back…')) },
+          h('button', { class: 'small danger needs-operator', type: 'button', 'data-rollback': g.name, onclick: () => rollback(g.name, modelsOf(members(g.name)).keys(), result) }, 'Roll back…')) },
       ], gr.groups, 'No groups yet.'));
     },
   };
@@ -62,7 +62,7 @@ export function group(root, { params: [name] }) {
   const result = h('div');
   const summary = h('div');
   const list = h('div', { id: 'group-members' });
-  const rb = h('button', { class: 'danger', type: 'button', id: 'group-rollback' }, 'Roll back group…');
+  const rb = h('button', { class: 'danger needs-operator', type: 'button', id: 'group-rollback' }, 'Roll back group…');
   let models = [];
   rb.addEventListener('click', () => rollback(name, models, result));
   root.append(pageHead('Group ' + name, summary, link('#/groups', '← all groups'), rb), result,

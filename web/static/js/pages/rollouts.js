@@ -7,7 +7,7 @@ import { refreshNow } from '../app.js';
 
 export function rollouts(root) {
   const list = h('div', { id: 'rollout-list' });
-  root.append(pageHead('Rollouts', 'Staged deployments with gates; newest first.', h('a', { href: '#/rollouts/new', class: 'btnlink', id: 'new-rollout' }, 'New rollout')),
+  root.append(pageHead('Rollouts', 'Staged deployments with gates; newest first.', h('a', { href: '#/rollouts/new', class: 'btnlink needs-operator', id: 'new-rollout' }, 'New rollout')),
     h('section', { class: 'panel' }, list));
   return {
     async refresh() {
@@ -228,7 +228,7 @@ export function rollout(root, { params: [id] }) {
     }
     refreshNow();
   };
-  const btn = (v, label, allowed, cls = 'secondary') => h('button', { type: 'button', id: 'ro-' + v, class: cls, disabled: !allowed.includes(state), onclick: () => verb(v, label) }, label);
+  const btn = (v, label, allowed, cls = 'secondary') => h('button', { type: 'button', id: 'ro-' + v, class: cls + ' needs-operator', disabled: !allowed.includes(state), onclick: () => verb(v, label) }, label);
 
   return {
     async refresh() {
