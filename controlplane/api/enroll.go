@@ -10,6 +10,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/enroll"
 	wenroll "github.com/edgefleet/edgefleet/internal/enroll"
+	"github.com/edgefleet/edgefleet/internal/wire"
 )
 
 // Enrollment issues and redeems device enrollment tokens and revokes device credentials
@@ -112,6 +113,10 @@ func (h *handlers) revokeDevice(c *gin.Context) {
 		return
 	}
 	id := c.Param("id")
+	if err := wire.CheckDeviceID(id); err != nil {
+		fail(c, http.StatusBadRequest, "bad_request", err.Error())
+		return
+	}
 	if err := h.cfg.Enrollment.Revoke(c.Request.Context(), id, principal(c)); err != nil {
 		fail(c, http.StatusInternalServerError, "internal", "could not revoke: "+err.Error())
 		return

@@ -194,12 +194,19 @@ func (s *Service) redeem(ctx context.Context, token, wanted, from string) (Redee
 			return Redeemed{}, tok.ID, fmt.Errorf("%w: %v", ErrBadRequest, err)
 		}
 	}
+	// The token is checked before hashing the new password: the route is public, and bcrypt's
+	// cost must not be something anyone can make the control plane pay. The transaction below
+	// checks again, atomically.
+	if err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		_, err := s.usable(tx, tok)
+		return err
+	}); err != nil {
+		return Redeemed{}, tok.ID, err
+	}
 	password, err := randomString(32)
 	if err != nil {
 		return Redeemed{}, tok.ID, err
 	}
-	// Hashing is slow on purpose; do it before the transaction so the store's writer lock is not
-	// held for it. A refused redeem wastes it, which only costs the caller.
 	bh, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.DefaultCost)
 	if err != nil {
 		return Redeemed{}, tok.ID, fmt.Errorf("hash device password: %w", err)
@@ -211,23 +218,9 @@ func (s *Service) redeem(ctx context.Context, token, wanted, from string) (Redee
 	now := s.cfg.Now().UTC()
 	var out Redeemed
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		var e Enrollment
-		if err := store.GetJSON(tx, TokensBucket, tok.ID, &e); err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				return ErrInvalidToken
-			}
+		e, err := s.usable(tx, tok)
+		if err != nil {
 			return err
-		}
-		want := sha256.Sum256([]byte(tok.Secret))
-		have, _ := hex.DecodeString(e.SecretHash)
-		if subtle.ConstantTimeCompare(want[:], have) != 1 {
-			return ErrInvalidToken
-		}
-		if !now.Before(e.ExpiresAt) {
-			return fmt.Errorf("%w at %s: ask the administrator for a new one", ErrExpired, e.ExpiresAt.Format(time.RFC3339))
-		}
-		if e.UsesLeft <= 0 {
-			return fmt.Errorf("%w (it allowed %d): ask the administrator for a new one", ErrUsedUp, e.Uses)
 		}
 		dev := wanted
 		if dev == "" {
@@ -274,6 +267,30 @@ func (s *Service) redeem(ctx context.Context, token, wanted, from string) (Redee
 	delete(s.verified, out.Device)
 	s.mu.Unlock()
 	return out, tok.ID, nil
+}
+
+// usable returns the token's enrollment if the secret matches, it has not expired and has uses
+// left.
+func (s *Service) usable(tx store.Tx, tok wenroll.Token) (Enrollment, error) {
+	var e Enrollment
+	if err := store.GetJSON(tx, TokensBucket, tok.ID, &e); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return e, ErrInvalidToken
+		}
+		return e, err
+	}
+	want := sha256.Sum256([]byte(tok.Secret))
+	have, _ := hex.DecodeString(e.SecretHash)
+	if subtle.ConstantTimeCompare(want[:], have) != 1 {
+		return e, ErrInvalidToken
+	}
+	if !s.cfg.Now().Before(e.ExpiresAt) {
+		return e, fmt.Errorf("%w at %s: ask the administrator for a new one", ErrExpired, e.ExpiresAt.Format(time.RFC3339))
+	}
+	if e.UsesLeft <= 0 {
+		return e, fmt.Errorf("%w (it allowed %d): ask the administrator for a new one", ErrUsedUp, e.Uses)
+	}
+	return e, nil
 }
 
 // Revoke marks a device's credentials revoked; the caller disconnects its live session.

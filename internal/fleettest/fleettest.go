@@ -105,6 +105,9 @@ type CPOptions struct {
 	ControlKey           string
 	BundleBytesPerSecond int
 	CarouselMin          int
+	// RequireDeviceCredentials and MosquittoDir: see controlplane.Config (enrollment).
+	RequireDeviceCredentials bool
+	MosquittoDir             string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -120,6 +123,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
 		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin,
+		RequireDeviceCredentials: o.RequireDeviceCredentials, MosquittoDir: o.MosquittoDir,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)
