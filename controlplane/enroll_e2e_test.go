@@ -337,6 +337,7 @@ func TestEnrollMosquittoACL(t *testing.T) {
 	}
 	checkACL(t, cp, k, m.URL(), ca, cb, false)
 
+	probe := mustDial(t, m.URL(), "acl-a", ca.Username, ca.Password)
 	if code, body := cp.Do("POST", "/api/v1/devices/acl-a/revoke", nil, nil); code != 200 {
 		t.Fatalf("revoke: %d %s", code, body)
 	}
@@ -346,6 +347,11 @@ func TestEnrollMosquittoACL(t *testing.T) {
 	}
 	if err := m.Reload(); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-probe.lost: // Mosquitto 2.0 drops clients whose account is gone on reload
+	case <-time.After(30 * time.Second):
+		t.Fatal("revoked device's live session survived the reload")
 	}
 	fleettest.Eventually(t, 30*time.Second, "Mosquitto refuses the revoked device after SIGHUP", func() bool {
 		d, err := dial(m.URL(), "acl-a", ca.Username, ca.Password)

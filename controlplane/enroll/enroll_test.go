@@ -8,6 +8,9 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -160,5 +163,31 @@ func TestMosquittoHash(t *testing.T) {
 	got, _ := pbkdf2.Key(sha512.New, "secret", salt, 101, 64)
 	if len(salt) != 12 || string(got) != string(want) {
 		t.Fatal("hash does not re-derive")
+	}
+}
+
+// TestMosquittoACLMatchesShippedConfig: the ACL the generator writes grants exactly what the
+// example in packaging/mosquitto/mosquitto.conf documents (and TestShippedConfigRuns tests).
+func TestMosquittoACLMatchesShippedConfig(t *testing.T) {
+	conf, err := os.ReadFile(filepath.Join("..", "..", "packaging", "mosquitto", "mosquitto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, l := range strings.Split(string(conf), "\n") {
+		f := strings.Fields(strings.TrimPrefix(l, "#"))
+		if len(f) == 3 && (f[0] == "pattern" || f[0] == "topic") {
+			documented[strings.Join(f, " ")] = true
+		}
+	}
+	generated := map[string]bool{}
+	for _, l := range strings.Split(MosquittoACL(MosquittoOptions{}), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 3 && (f[0] == "pattern" || f[0] == "topic") {
+			generated[strings.Join(f, " ")] = true
+		}
+	}
+	if len(generated) < 10 || !maps.Equal(documented, generated) {
+		t.Errorf("generated ACL differs from the shipped config's example:\ngenerated %v\ndocumented %v", generated, documented)
 	}
 }
