@@ -82,6 +82,8 @@ func (h *handlers) redeemEnrollment(c *gin.Context) {
 		fail(c, http.StatusNotImplemented, "not_implemented", "enrollment is not available")
 		return
 	}
+	// Public route: bound what an anonymous caller can make us read.
+	c.Request.Body = http.MaxBytesReader(c.Writer, c.Request.Body, 16<<10)
 	var body wenroll.Request
 	if err := c.ShouldBindJSON(&body); err != nil || body.Token == "" {
 		fail(c, http.StatusBadRequest, "bad_request", `body must be JSON {"token": "ef1...", "device": "ID"}`)
