@@ -189,6 +189,16 @@ func TestEnrollE2E(t *testing.T) {
 	doc, dir := trustSetup(t, k)
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustDoc: doc, ControlKey: filepath.Join(dir, "control.key"), RequireDeviceCredentials: true})
 
+	// Creating tokens and revoking are admin calls; redeeming needs no API token (tested below).
+	good := cp.Token
+	cp.Token = "wrong"
+	for _, path := range []string{"/api/v1/enrollments", "/api/v1/devices/enr-1/revoke"} {
+		if code, _ := cp.Do("POST", path, map[string]any{"uses": 1}, nil); code != 401 {
+			t.Errorf("POST %s without the admin token: %d, want 401", path, code)
+		}
+	}
+	cp.Token = good
+
 	// Enrollment by token; the answer is kept 0600 and reused on restart.
 	tok1 := createToken(t, cp, "line-a", 1, "1h")
 	ag := fleettest.StartAgent(t, cp.BrokerURL(), "enr-1", "", "--enroll", tok1)
