@@ -24,7 +24,7 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-func newService(t *testing.T) (*Service, *clock, store.Store) {
+func newService(t testing.TB) (*Service, *clock, store.Store) {
 	st := store.NewMemory()
 	c := &clock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 	fp := strings.Repeat("ab", 32)
@@ -189,5 +189,34 @@ func TestMosquittoACLMatchesShippedConfig(t *testing.T) {
 	}
 	if len(generated) < 10 || !maps.Equal(documented, generated) {
 		t.Errorf("generated ACL differs from the shipped config's example:\ngenerated %v\ndocumented %v", generated, documented)
+	}
+}
+
+// BenchmarkCheck: one CONNECT's credential check, the first after a restart (bcrypt) and later
+// ones (remembered).
+func BenchmarkCheck(b *testing.B) {
+	ctx := context.Background()
+	s, _, _ := newService(b)
+	tok, _, _ := s.Create(ctx, "", 1, time.Hour, "admin")
+	r, err := s.Redeem(ctx, tok, "dev-a", "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name   string
+		forget bool
+	}{{"first", true}, {"remembered", false}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				if c.forget {
+					s.mu.Lock()
+					clear(s.verified)
+					s.mu.Unlock()
+				}
+				if s.Check(ctx, "dev-a", "dev-a", []byte(r.Password)) != Accepted {
+					b.Fatal("refused")
+				}
+			}
+		})
 	}
 }
