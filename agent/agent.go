@@ -50,6 +50,9 @@ type Config struct {
 	// Root is the root public key whose signed trust documents (on {p}/trust) name the release and
 	// control keys; it replaces TrustKeys and ControlKey.
 	Root string
+	// Enrolled says enrollment left a trust document in DATA/trust.json, checked against the
+	// token's root fingerprint: it is the trust root, as Root would be.
+	Enrolled bool
 	// Listen is the local inference API address ("" = none).
 	Listen         string
 	ORTLib         string

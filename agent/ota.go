@@ -161,6 +161,17 @@ const trustFile = "trust.json"
 // documents arrive on {p}/trust; an accepted document is persisted and restored at start, so a
 // rotation survives a restart.
 func (a *Agent) loadTrust(ctx context.Context) (*trust.Store, error) {
+	if a.cfg.Enrolled && a.cfg.Root == "" {
+		b, err := os.ReadFile(filepath.Join(a.cfg.DataDir, trustFile))
+		if err != nil {
+			return nil, fmt.Errorf("enrolled device without its trust document (%w): move %s away and enroll again", err, CredentialsFile)
+		}
+		st, err := trust.Restore(ctx, b)
+		if err != nil {
+			return nil, fmt.Errorf("stored trust document does not verify (%w): move %s away and enroll again", err, CredentialsFile)
+		}
+		return st, nil
+	}
 	if a.cfg.Root == "" {
 		var release, control []*sign.Verifier
 		for _, p := range a.cfg.TrustKeys {

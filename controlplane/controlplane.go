@@ -27,6 +27,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
+	"github.com/edgefleet/edgefleet/controlplane/enroll"
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
@@ -74,6 +75,19 @@ type Config struct {
 	MetricsPublic bool
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
+	// RequireDeviceCredentials makes the embedded broker refuse any device without enrolled
+	// credentials (recommended in production). Without it, a device id that has credentials must
+	// still present them and a revoked one is refused, but ids never enrolled connect freely
+	// (the loopback demo).
+	RequireDeviceCredentials bool
+	// PublicURL is the control plane's URL as devices reach it, written into enrollment tokens
+	// (default http:// + the HTTP listen address).
+	PublicURL string
+	// DeviceBroker is the broker URL(s) handed to enrolled devices (default: the broker's URL).
+	DeviceBroker string
+	// MosquittoDir, when set, receives the Mosquitto password and ACL files, rewritten after every
+	// enrollment and revocation (enroll.WriteMosquittoFiles).
+	MosquittoDir string
 }
 
 // RetrainConfig says where retraining events go and when they fire.
@@ -242,6 +256,30 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}()
 
+	var rootFP string
+	if keys.trustEnvelope != nil {
+		if ids := keys.trust.RootIDs(); len(ids) > 0 {
+			rootFP = ids[0]
+		}
+	}
+	var enrSvc *enroll.Service // the Changed callback below needs the service it belongs to
+	mosqOpts := enroll.MosquittoOptions{Prefix: cfg.Prefix, ControlPlaneUser: cfg.Broker.Username}
+	enr := enroll.New(enroll.Config{Store: st, RootSHA256: rootFP, Logger: log, Changed: func(ctx context.Context) {
+		if cfg.MosquittoDir == "" {
+			return
+		}
+		if err := writeMosquitto(ctx, enrSvc, cfg.MosquittoDir, mosqOpts); err != nil {
+			log.Error("Mosquitto password and ACL files not rewritten", "dir", cfg.MosquittoDir, "err", err)
+		}
+	}})
+	enrSvc = enr
+	if cfg.MosquittoDir != "" {
+		if err := writeMosquitto(ctx, enr, cfg.MosquittoDir, mosqOpts); err != nil {
+			return err
+		}
+	}
+	var disconnect func(string)
+
 	var brokerURL string
 	if len(cfg.Broker.URLs) > 0 {
 		if cfg.Broker.ClientID == "" {
@@ -258,10 +296,20 @@ func Run(ctx context.Context, cfg Config) error {
 		if listen == "" {
 			listen = "127.0.0.1:1883"
 		}
-		b, err := broker.Start(broker.Config{Listen: listen, Prefix: cfg.Prefix, Handler: dispatch, Logger: log})
+		b, err := broker.Start(broker.Config{Listen: listen, Prefix: cfg.Prefix, Handler: dispatch, Logger: log,
+			Authenticate: func(id, user string, pw []byte) bool {
+				switch enr.Check(context.Background(), id, user, pw) {
+				case enroll.Accepted:
+					return true
+				case enroll.NoCredentials:
+					return !cfg.RequireDeviceCredentials
+				}
+				return false
+			}})
 		if err != nil {
 			return err
 		}
+		disconnect = func(id string) { b.Disconnect(id) }
 		fleetBus, brokerURL = embeddedBus{b}, b.URL()
 	}
 	defer fleetBus.Close()
@@ -291,10 +339,17 @@ func Run(ctx context.Context, cfg Config) error {
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},
+			Enrollment: enrollAPI{svc: enr, broker: func() string { return deviceBroker(cfg, brokerURL) }, prefix: cfg.Prefix,
+				controlPEM: keys.control.PublicKeyPEM(), trustDoc: keys.trustEnvelope, disconnect: disconnect, log: log},
 			AdminTokenHash: tokenHash, Logger: log,
 			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
+	}
+	if cfg.PublicURL != "" {
+		enr.SetURL(strings.TrimRight(cfg.PublicURL, "/"))
+	} else {
+		enr.SetURL("http://" + ln.Addr().String())
 	}
 	httpErr := make(chan error, 1)
 	go func() { httpErr <- srv.Serve(ln) }()
@@ -317,6 +372,13 @@ func Run(ctx context.Context, cfg Config) error {
 		log.Warn("HTTP shutdown", "err", err)
 	}
 	return nil
+}
+
+func deviceBroker(cfg Config, brokerURL string) string {
+	if cfg.DeviceBroker != "" {
+		return cfg.DeviceBroker
+	}
+	return brokerURL
 }
 
 func tokenFileHint(f string) string {

@@ -72,7 +72,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	cli.Usage(fs, "agent run --id ID --broker URL --data DIR [flags]")
 	id := fs.String("id", "", "device id (also the MQTT client id): [a-z0-9][a-z0-9._-]{0,63}")
-	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker URL(s), comma-separated for fail-over")
+	brokerURL := fs.String("broker", "", "MQTT broker URL(s), comma-separated for fail-over (default: the enrolled broker, else mqtt://127.0.0.1:1883)")
 	user := fs.String("broker-username", "", "username at the broker")
 	pass := fs.String("broker-password", "", "password at the broker (prefer the environment variable)")
 	ca := fs.String("tls-ca", "", "PEM file of the CA that signs the broker's certificate")
@@ -88,6 +88,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Var(&trustKeys, "trust", "release public key whose bundles this device accepts; repeatable")
 	controlKey := fs.String("control-key", "", "the control plane's public key (DATA/control.pub there) that signs desired states")
 	root := fs.String("root", "", "root public key: release and control keys then come from root-signed trust documents (replaces --trust and --control-key)")
+	enrollTok := fs.String("enroll", "", "enrollment token (ef1...): redeem it for this device's MQTT credentials and trust document, kept in DATA (a no-op once enrolled)")
 	listen := fs.String("listen", "127.0.0.1:8181", "local inference API (Open Inference Protocol) address; empty to disable")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library (default: $EDGEFLEET_ORT_LIB or the cache of scripts/fetch-ort.sh)")
 	ep := fs.String("ep", "cpu", "execution provider: cpu, cuda or tensorrt (falls back to cpu, loudly, when unavailable)")
@@ -110,8 +111,51 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
 	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	// Enrollment (agent/enroll.go): redeem the token once; later runs read DATA/credentials.json.
+	enrolled := false
+	if *data != "" {
+		var creds agent.Credentials
+		var ok bool
+		var err error
+		if *enrollTok != "" {
+			if *root != "" {
+				return errors.New("--root and --enroll exclude each other: the token carries the root's fingerprint")
+			}
+			creds, err = agent.Enroll(ctx, *data, *enrollTok, *id, log)
+			ok = err == nil
+		} else {
+			creds, ok, err = agent.LoadCredentials(*data)
+		}
+		if err != nil {
+			return err
+		}
+		if ok {
+			if *id != "" && *id != creds.Device {
+				return fmt.Errorf("data folder %s is enrolled as device %q, not %q: drop --id or use another folder", *data, creds.Device, *id)
+			}
+			*id, *user, *pass = creds.Device, creds.Username, creds.Password
+			if *brokerURL == "" {
+				*brokerURL = creds.Broker
+			}
+			if creds.Prefix != "" {
+				*prefix = creds.Prefix
+			}
+			if creds.Group != "" {
+				*group = creds.Group // the token's group applies at first registration
+			}
+			enrolled = creds.Trusted && *root == ""
+		}
+	}
 	if *id == "" {
-		return errors.New("--id is required")
+		return errors.New("--id is required (or --enroll TOKEN, which can assign one)")
+	}
+	if *brokerURL == "" {
+		*brokerURL = "mqtt://127.0.0.1:1883"
 	}
 	urls, err := mqttc.ParseURLs(*brokerURL)
 	if err != nil {
@@ -121,11 +165,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("--labels: %w", err)
 	}
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
-		return fmt.Errorf("--log-level %q: use debug, info, warn or error", *logLevel)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))
 	var fl []agent.Fault
 	for _, f := range faults {
 		pf, err := agent.ParseFault(f)
@@ -136,7 +175,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	a, err := agent.New(agent.Config{
 		ID: *id, DataDir: *data, Group: *group, Labels: lbl, Prefix: *prefix, TelemetryInterval: *interval, Logger: log,
-		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
+		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Enrolled: enrolled, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
 		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
 		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,

@@ -93,6 +93,7 @@ const clientUsage = `operator commands (against a running control plane):
   controlplane ... desired set DEVICE BUNDLE
   controlplane ... rollouts create|list|show|devices|pause|resume|abort|approve|rollback ... | groups rollback GROUP [--model M]
   controlplane ... tokens create --name NAME --role viewer|operator|admin | tokens list | tokens revoke ID
+  controlplane ... enrollments create [--group G] [--uses N] [--expires-in 24h] | devices revoke ID
 `
 
 func runClient(args []string, stdout, stderr io.Writer) error {
@@ -206,6 +207,21 @@ func runClient(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		return c.do("GET", "/api/v1/bundles/"+esc(rest[0]), nil, "")
+	case "enrollments create":
+		fs := flag.NewFlagSet("enrollments create", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		group := fs.String("group", "", "group the enrolled devices join at first registration")
+		uses := fs.Int("uses", 1, "how many devices may redeem the token")
+		expires := fs.String("expires-in", "24h", "how long the token is valid")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		return c.jsonBody("POST", "/api/v1/enrollments", map[string]any{"group": *group, "uses": *uses, "expires_in": *expires})
+	case "devices revoke":
+		if err := need(1); err != nil {
+			return err
+		}
+		return c.do("POST", "/api/v1/devices/"+esc(rest[0])+"/revoke", nil, "")
 	case "bundles stage":
 		if err := need(2); err != nil {
 			return err

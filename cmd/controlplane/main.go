@@ -33,6 +33,7 @@ commands:
   keys       generate signing keys:   keys generate --out DIR [--role release|root|control]
   trust      sign a trust document:   trust sign --root root.key --version N --release a.pub --control control.pub --out trust.json
   bundle     build, verify, inspect:  bundle build|verify|inspect ...
+  mosquitto-acl  write a Mosquitto password file and ACL for the enrolled devices: mosquitto-acl --data DIR --out DIR
   version    print the version
 
 Run 'controlplane COMMAND --help' for a command's flags.
@@ -54,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = trustCmd(ctx, args[1:], stdout, stderr)
 	case "bundle":
 		err = bundleCmd(ctx, args[1:], stdout, stderr)
+	case "mosquitto-acl":
+		err = mosquittoACLCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "controlplane", cli.Version)
 	case "help", "--help", "-h", "-help":
@@ -109,6 +112,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	retrainCheck := fs.Duration("retrain-check-interval", 5*time.Minute, "how often drift and accuracy are checked against the retraining triggers")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsPublic := fs.Bool("metrics-public", false, "serve /metrics without a token (default: a viewer token is needed)")
+	requireCreds := fs.Bool("require-device-credentials", false, "embedded broker: refuse devices without enrolled credentials (recommended in production; off for the loopback demo)")
+	publicURL := fs.String("public-url", "", "this control plane's URL as devices reach it, written into enrollment tokens (default http://HTTP-ADDRESS)")
+	deviceBroker := fs.String("device-broker", "", "broker URL handed to enrolled devices (default the embedded broker's or --broker)")
+	mosquittoDir := fs.String("mosquitto-dir", "", "keep a Mosquitto password file and ACL for the enrolled devices in this folder, rewritten on every enrollment and revocation")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
@@ -124,8 +131,9 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
 		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
 		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
-		Retrain:       controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
-		MetricsPublic: *metricsPublic,
+		Retrain:                  controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
+		MetricsPublic:            *metricsPublic,
+		RequireDeviceCredentials: *requireCreds, PublicURL: *publicURL, DeviceBroker: *deviceBroker, MosquittoDir: *mosquittoDir,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

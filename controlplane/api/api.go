@@ -40,6 +40,9 @@ type Config struct {
 	Retrain   Retrain // the retraining webhook; its routes answer 501 when nil
 	// Command publishes a command to a device (feedback.go); POST /api/v1/feedback answers 501 when nil.
 	Command CommandFunc
+	// Enrollment issues enrollment tokens, redeems them and revokes devices (enroll.go); its
+	// routes answer 501 when nil.
+	Enrollment Enrollment
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -110,6 +113,7 @@ func New(cfg Config) http.Handler {
 	v1.PUT("/bundles/:id/stage", h.setStage)
 	h.rolloutRoutes(v1)
 	h.tokenRoutes(v1) // tokens.go
+	h.enrollRoutes(r, v1)
 	return r
 }
 

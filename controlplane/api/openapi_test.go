@@ -23,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/deploy"
+	"github.com/edgefleet/edgefleet/internal/enroll"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/ota/desired"
 	"github.com/edgefleet/edgefleet/telemetry"
@@ -230,6 +231,8 @@ func TestOpenAPIMatchesGoTypes(t *testing.T) {
 		"GroupRollback": rollout.GroupRollback{}, "ModelRollback": rollout.ModelRollback{},
 		"AuditEntry": audit.Entry{}, "TelemetryMessage": wire.Telemetry{}, "Accounting": ingest.Accounting{},
 		"APIToken": auth.Token{}, "CreatedToken": api.CreatedToken{},
+		"EnrollmentRequest": api.EnrollmentRequest{}, "EnrollmentCreated": api.EnrollmentCreated{},
+		"EnrollRequest": enroll.Request{}, "EnrollResponse": enroll.Response{},
 	}
 	schemas := doc["components"].(map[string]any)["schemas"].(map[string]any)
 	for _, name := range sortedKeys(types) {

@@ -67,6 +67,7 @@ var routeRoles = map[string]auth.Role{
 	// that they get the documented role when they land.
 	"PUT /api/v1/groups/:group":        auth.Admin, // group flags and capture policies
 	"POST /api/v1/enrollments":         auth.Admin,
+	"POST /api/v1/devices/:id/revoke":  auth.Admin,
 	"POST /api/v1/enroll":              auth.Public, // the enrollment token authenticates the device
 	"POST /api/v1/devices/:id/capture": auth.Operator,
 	"GET /api/v1/datasets":             auth.Viewer,

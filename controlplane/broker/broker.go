@@ -106,7 +106,10 @@ func (b *Broker) Disconnect(clientID string) bool {
 	if !ok {
 		return false
 	}
-	return b.srv.DisconnectClient(cl, packets.ErrNotAuthorized) == nil
+	// mochi returns the reason code itself as the error for codes >= 0x80: the client is
+	// stopped all the same, and its Last Will goes out as for any dropped connection.
+	_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	return true
 }
 
 // Close stops the broker; connected devices see their connection drop and reconnect later.

@@ -329,6 +329,18 @@ func (m *Mosquitto) Restart() error {
 	return nil
 }
 
+// Reload sends SIGHUP: Mosquitto re-reads its password and ACL files (as an operator does after
+// changing accounts). It returns at once; the reload happens in the broker's next loop.
+func (m *Mosquitto) Reload() error {
+	m.mu.Lock()
+	cmd := m.cmd
+	m.mu.Unlock()
+	if cmd == nil {
+		return errors.New("mosquitto is not running")
+	}
+	return cmd.Process.Signal(syscall.SIGHUP)
+}
+
 var versionRE = regexp.MustCompile(`mosquitto version (\S+)`)
 
 // mosquittoVersion asks the binary; "-h" prints the version and exits 3.

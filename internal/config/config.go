@@ -327,7 +327,8 @@ func Print(w io.Writer, fs *flag.FlagSet, res *Result) error {
 // valueNode renders a flag's value with its YAML type (numbers and booleans unquoted, lists as
 // lists) so the output reads like a hand-written file.
 func valueNode(f *flag.Flag) *yaml.Node {
-	if IsSecret(f.Name) {
+	// A switch is never a secret, whatever its name (--require-device-credentials).
+	if b, ok := f.Value.(interface{ IsBoolFlag() bool }); IsSecret(f.Name) && !(ok && b.IsBoolFlag()) {
 		s := ""
 		if f.Value.String() != "" {
 			s = Redacted

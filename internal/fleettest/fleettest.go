@@ -106,6 +106,9 @@ type CPOptions struct {
 	BundleBytesPerSecond int
 	CarouselMin          int
 	Retrain              controlplane.RetrainConfig
+	// RequireDeviceCredentials and MosquittoDir: see controlplane.Config (enrollment).
+	RequireDeviceCredentials bool
+	MosquittoDir             string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -121,6 +124,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
 		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin, Retrain: o.Retrain,
+		RequireDeviceCredentials: o.RequireDeviceCredentials, MosquittoDir: o.MosquittoDir,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)
