@@ -93,6 +93,9 @@ func (f rolloutFleet) Assign(ctx context.Context, device, model, bundleID, rollo
 	_, err = f.ds.assigner.Update(ctx, device, reportedGen(d), func(models map[string]desired.Model) error {
 		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size,
 			Rollout: rolloutID, Bake: desired.Duration(bake)}
+		if err := f.ds.wrapKey(ctx, d, m, models[model], &nm); err != nil {
+			return err
+		}
 		if models[model] == nm {
 			return assign.ErrUnchanged
 		}

@@ -99,6 +99,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&trustKeys, "trust", "release public key (or folder of .pub files) whose bundles the registry accepts; repeatable")
 	trustDoc := fs.String("trust-doc", "", "root-signed trust document: its release keys are trusted and it is published to devices")
 	controlKey := fs.String("control-key", "", "key that signs desired states (default DATA/control.key, generated on first start)")
+	encryptionKey := fs.String("encryption-key", "", "age identity that opens encrypted bundles' content keys (default DATA/encryption.key, generated on first start; its recipient is DATA/encryption.pub)")
 	bandwidth := fs.Int("bundle-bandwidth", 8<<20, "bytes per second for all bundle transfers together")
 	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
 	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
@@ -118,6 +119,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
 		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
 		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
+		EncryptionKey: *encryptionKey,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {
