@@ -142,9 +142,30 @@ func TestEncryptedBundleRecipients(t *testing.T) {
 		t.Fatalf("registry files hold plaintext: %v", f)
 	}
 
-	// A: a recipient. It installs, smoke-tests and serves the decrypted model.
+	// A: a recipient. Killed right after it starts decrypting into its slot, it redoes that at
+	// restart, then smoke-tests and serves the decrypted model.
+	devA.Stop()
+	devA.StartWith(t, "--crash-at", updater.StepUnpacking)
+	devA.ListenAddrAfter(t, 2)
 	assign(t, cp, "dev-a", "wake@2.0.0", "1s")
+	if !devA.WaitExit(60 * time.Second) {
+		t.Fatal("A never reached the unpacking step")
+	}
+	if !strings.Contains(devA.Log(), "crash point reached") {
+		t.Fatal("A exited, but not at the crash point")
+	}
+	devA.Start(t)
+	devA.ListenAddrAfter(t, 3)
 	waitModel(t, cp, "dev-a", "wake", "encrypted v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
+	// A restart verifies the slot again, against the plaintext digests recorded at decryption, and
+	// serves it without needing the key.
+	devA.Stop()
+	devA.Start(t)
+	addrA = devA.ListenAddrAfter(t, 4)
+	fleettest.Eventually(t, 30*time.Second, "A serves v2 after a restart", func() bool { return servedBundle(t, addrA, "wake") == id2 })
+	if f := holdsPlaintext(t, filepath.Join(devA.DataDir, "downloads"), piece); len(f) > 0 {
+		t.Fatalf("plaintext outside A's slots: %v", f)
+	}
 	sess, err := onnxrt.NewSession(plain, onnxrt.Options{IntraOpThreads: 1})
 	if err != nil {
 		t.Fatal(err)
