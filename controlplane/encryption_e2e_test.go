@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/ota/builder"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/desired"
+	"github.com/edgefleet/edgefleet/ota/seal"
 	"github.com/edgefleet/edgefleet/ota/sign"
 )
 
@@ -136,6 +137,16 @@ func TestEncryptedBundleRecipients(t *testing.T) {
 	if code, _ := cp.Get("/api/v1/bundles/"+id2, &rec); code != 200 || !rec.Encrypted {
 		t.Fatalf("registry record: %d encrypted=%v", code, rec.Encrypted)
 	}
+	// A bundle sealed to another control plane's key is refused at upload: no device could get it.
+	other, _ := seal.NewIdentity()
+	var foreign bytes.Buffer
+	if _, err := builder.Build(context.Background(), builder.Options{ModelPath: filepath.Join(models, "hello_deepa.onnx"), Name: "wake", Version: "2.9.0",
+		Golden: 1, EncryptTo: []string{other.Recipient().String()}}, k.Release, &foreign); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := cp.Do("POST", "/api/v1/bundles", &foreign, nil); code != 422 || !strings.Contains(body, "encryption.pub") {
+		t.Fatalf("bundle sealed to another key: %d %s", code, body)
+	}
 	// What blocks and carousels are read from holds ciphertext only; the control plane's own
 	// plaintext drift reference (none here) is the one file allowed.
 	if f := holdsPlaintext(t, filepath.Join(cp.Cfg.DataDir, "bundles", id2), piece, bundles.DriftReferenceName); len(f) > 0 {
@@ -216,4 +227,22 @@ func TestEncryptedBundleRecipients(t *testing.T) {
 	if got := servedBundle(t, addrA, "wake"); got != id2 {
 		t.Fatalf("A serves %q after B's attempts", got)
 	}
+
+	// A's data folder loses its identity (replaced disk): A reports a new recipient and the control
+	// plane wraps the key again for it, in a new desired state.
+	devA.Stop()
+	os.Remove(filepath.Join(devA.DataDir, "age.key"))
+	devA.Start(t)
+	devA.ListenAddrAfter(t, 5)
+	fleettest.Eventually(t, 30*time.Second, "A's key wrapped for its new recipient", func() bool {
+		var acc desired.Accepted
+		b, _ := os.ReadFile(filepath.Join(devA.DataDir, "desired.json"))
+		json.Unmarshal(b, &acc)
+		d := cp.Devices()["dev-a"]
+		if acc.State == nil || d.Reported == nil || d.Reported.Runtime == nil {
+			return false
+		}
+		m := acc.State.Models["wake"]
+		return m.Recipient == d.Reported.Runtime.AgeRecipient && m.Recipient != keyA.Recipient && m.Key != "" && m.Key != keyA.Key
+	})
 }
