@@ -183,3 +183,23 @@ func TestLoadOrCreate(t *testing.T) {
 		t.Fatalf("recipient file: %v %v", r, err)
 	}
 }
+
+// BenchmarkDecryptFile: what decryption adds to an install, per byte of model.
+func BenchmarkDecryptFile(b *testing.B) {
+	content, _ := seal.NewIdentity()
+	dir := b.TempDir()
+	src := filepath.Join(dir, "model.onnx.age")
+	f, _ := os.Create(src)
+	if err := seal.Encrypt(f, bytes.NewReader(make([]byte, 32<<20)), content.Recipient()); err != nil {
+		b.Fatal(err)
+	}
+	f.Close()
+	b.SetBytes(32 << 20)
+	for b.Loop() {
+		dst := filepath.Join(dir, "model.onnx")
+		if _, _, err := seal.DecryptFile(src, dst, content); err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(dst)
+	}
+}
