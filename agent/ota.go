@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
 	"github.com/shirou/gopsutil/v3/mem"
 
 	"github.com/edgefleet/edgefleet/agent/infer"
@@ -22,6 +23,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/desired"
+	"github.com/edgefleet/edgefleet/ota/seal"
 	"github.com/edgefleet/edgefleet/ota/sign"
 	"github.com/edgefleet/edgefleet/ota/transfer"
 	"github.com/edgefleet/edgefleet/ota/trust"
@@ -66,9 +68,15 @@ type otaState struct {
 	// documents received on {p}/trust.
 	trust     *trust.Store
 	reportReq chan struct{}
+	// identity is the device's age identity (DATA/age.key): encrypted bundles' keys are wrapped
+	// to its recipient, which the device reports.
+	identity *age.X25519Identity
 }
 
 const desiredFile = "desired.json"
+
+// ageKeyFile holds the device's age identity (0600), made at first start.
+const ageKeyFile = "age.key"
 
 func (a *Agent) initOTA(ctx context.Context) error {
 	infer.SetDefaults(a.cfg.Serving)
@@ -107,6 +115,12 @@ func (a *Agent) initOTA(ctx context.Context) error {
 	if vm, err := mem.VirtualMemoryWithContext(ctx); err == nil {
 		rt.FreeMemory = vm.Available
 	}
+	id, err := seal.LoadOrCreate(filepath.Join(a.cfg.DataDir, ageKeyFile), "")
+	if err != nil {
+		return fmt.Errorf("device encryption identity: %w", err)
+	}
+	o.identity = id
+	rt.AgeRecipient = id.Recipient().String()
 	o.runtime = rt
 	o.fetcher = &updater.Fetcher{
 		Dir: filepath.Join(a.cfg.DataDir, "downloads"),
@@ -247,6 +261,7 @@ func (a *Agent) updater(name string) (*updater.Updater, error) {
 		InstallFault: InstallFault(a.cfg.Faults),
 		OnLoad:       a.attachTelemetry,
 		CrashAt:      a.cfg.CrashAt,
+		Identity:     o.identity,
 		Logger:       a.log,
 	})
 	if err != nil {
@@ -358,7 +373,8 @@ func (a *Agent) applyTargets(st desired.State) {
 			a.log.Warn("cannot manage model", "model", name, "err", err)
 			continue
 		}
-		u.SetTarget(&updater.Target{Bundle: m.Bundle, Version: m.Version, Generation: st.Generation, Rollout: m.Rollout, Bake: time.Duration(m.Bake), Carousel: m.Carousel})
+		u.SetTarget(&updater.Target{Bundle: m.Bundle, Version: m.Version, Generation: st.Generation, Rollout: m.Rollout, Bake: time.Duration(m.Bake), Carousel: m.Carousel,
+			Key: m.Key, Recipient: m.Recipient})
 	}
 	o.mu.Lock()
 	var gone []*updater.Updater

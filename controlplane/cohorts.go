@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/deploy"
@@ -86,7 +87,11 @@ func (c *cohorts) reference(bundleID string) *drift.Reference {
 		return r
 	}
 	var ref *drift.Reference
-	if b, err := os.ReadFile(filepath.Join(c.bundleDir, bundleID, "reference.json")); err == nil {
+	b, err := os.ReadFile(filepath.Join(c.bundleDir, bundleID, bundles.DriftReferenceName)) // encrypted bundles
+	if err != nil {
+		b, err = os.ReadFile(filepath.Join(c.bundleDir, bundleID, "reference.json"))
+	}
+	if err == nil {
 		ref, _ = drift.ParseReference(b)
 	}
 	c.refs[bundleID] = ref

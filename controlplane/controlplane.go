@@ -64,6 +64,9 @@ type Config struct {
 	// CarouselMin is the smallest wave for which a group assignment broadcasts the bundle once
 	// (0: never).
 	CarouselMin int
+	// EncryptionKey is the age identity that opens encrypted bundles' content keys; default
+	// DATA/encryption.key (recipient in DATA/encryption.pub), generated on first start.
+	EncryptionKey string
 	// DesiredTTL is the lifetime of a desired state (default 7 days).
 	DesiredTTL time.Duration
 	// TelemetryRetention is how long telemetry messages are kept (default 7 days).
@@ -162,6 +165,9 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	breg, err := bundles.New(st, filepath.Join(cfg.DataDir, "bundles"), keys.releaseVerifiers, 0, log)
 	if err != nil {
+		return err
+	}
+	if err := loadEncryptionKey(cfg, breg, log); err != nil {
 		return err
 	}
 	regCtx, stopReg := context.WithCancel(context.Background())

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/assign"
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
@@ -18,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/desired"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 const bucketGroups = "groups"
@@ -57,6 +59,10 @@ type desiredService struct {
 // compatible reports why a device cannot run a bundle, or "" when it can (or cannot tell yet:
 // a device that has not reported checks the requirements itself before installing).
 func compatible(d fleet.Device, m *bundle.Manifest) string {
+	if m.Encryption != nil && recipientOf(d) == "" {
+		// Deny by default: an encrypted bundle goes only where its key can be wrapped.
+		return "bundle is encrypted and the device has not reported an encryption recipient (runtime.age_recipient); it needs an agent that supports bundle encryption, connected at least once"
+	}
 	if d.Reported == nil {
 		return ""
 	}
@@ -100,6 +106,42 @@ func versionLess(a, b string) bool {
 	return false
 }
 
+// recipientOf is the age recipient a device reported, "" when none.
+func recipientOf(d fleet.Device) string {
+	if d.Reported == nil || d.Reported.Runtime == nil {
+		return ""
+	}
+	return d.Reported.Runtime.AgeRecipient
+}
+
+// wrapKey fills in an encrypted bundle's content key, wrapped to the device's recipient. A key
+// already issued to the same recipient for the same bundle is kept, so re-assigning changes
+// nothing (age encryption is randomised: a new wrap would be a new desired state every time).
+func (s *desiredService) wrapKey(ctx context.Context, d fleet.Device, m *bundle.Manifest, old desired.Model, nm *desired.Model) error {
+	if m.Encryption == nil {
+		return nil
+	}
+	recipient := recipientOf(d)
+	if old.Bundle == nm.Bundle && old.Recipient == recipient && old.Key != "" {
+		nm.Key, nm.Recipient = old.Key, old.Recipient
+		return nil
+	}
+	r, err := seal.ParseRecipient(recipient)
+	if err != nil {
+		return fmt.Errorf("%w: %s: reported encryption recipient: %v", api.ErrIncompatible, d.ID, err)
+	}
+	content, err := s.bundles.ContentKey(ctx, nm.Bundle)
+	if err != nil {
+		return err
+	}
+	key, err := seal.Wrap(content, r)
+	if err != nil {
+		return err
+	}
+	nm.Key, nm.Recipient = key, recipient
+	return nil
+}
+
 func reportedGen(d fleet.Device) uint64 {
 	if d.Reported == nil {
 		return 0
@@ -112,12 +154,15 @@ func (s *desiredService) assign(ctx context.Context, d fleet.Device, rec bundles
 	if err != nil {
 		return assign.Record{}, err
 	}
-	rec, _, err = s.pickVariant(ctx, d, rec, g.Production)
+	rec, m, err := s.pickVariant(ctx, d, rec, g.Production)
 	if err != nil {
 		return assign.Record{}, err
 	}
 	return s.assigner.Update(ctx, d.ID, reportedGen(d), func(models map[string]desired.Model) error {
 		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size, Bake: desired.Duration(bake), Carousel: carousel}
+		if err := s.wrapKey(ctx, d, m, models[rec.Name], &nm); err != nil {
+			return err
+		}
 		if models[rec.Name] == nm {
 			return assign.ErrUnchanged
 		}
@@ -233,6 +278,45 @@ func (s *desiredService) allowed(device, bundleID string) bool {
 	return false
 }
 
+// rewrapKeys wraps the keys of a device's encrypted bundles again when it reports another
+// recipient than they were wrapped for (its data folder, and so its identity, was replaced).
+func (s *desiredService) rewrapKeys(ctx context.Context, d fleet.Device) {
+	r := recipientOf(d)
+	if r == "" {
+		return
+	}
+	cur, err := s.assigner.Get(ctx, d.ID)
+	if err != nil {
+		return
+	}
+	for name, dm := range cur.State.Models {
+		if dm.Key == "" || dm.Recipient == r {
+			continue
+		}
+		m, err := s.bundles.Manifest(ctx, dm.Bundle)
+		if err != nil {
+			continue
+		}
+		changed := false
+		_, err = s.assigner.Update(ctx, d.ID, reportedGen(d), func(models map[string]desired.Model) error {
+			x, ok := models[name]
+			if !ok || x.Bundle != dm.Bundle || x.Recipient == r {
+				return assign.ErrUnchanged
+			}
+			if err := s.wrapKey(ctx, d, m, x, &x); err != nil {
+				return err
+			}
+			models[name], changed = x, true
+			return nil
+		})
+		if err != nil {
+			s.log.Warn("cannot wrap the bundle key for the device's new recipient", "device", d.ID, "bundle", dm.Bundle, "err", err)
+		} else if changed {
+			s.log.Info("bundle key wrapped again for the device's new recipient", "device", d.ID, "bundle", dm.Bundle)
+		}
+	}
+}
+
 // onReported keeps a device converged: republish when it reports an older generation, and give a
 // device its group's baseline for models it has nothing desired for (it joined the group later).
 func (s *desiredService) onReported(ctx context.Context, device string) {
@@ -241,6 +325,7 @@ func (s *desiredService) onReported(ctx context.Context, device string) {
 		return
 	}
 	s.assigner.OnReported(ctx, device, reportedGen(d))
+	s.rewrapKeys(ctx, d)
 	var g GroupRecord
 	if err := s.st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketGroups, d.Group, &g) }); err != nil {
 		return

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
+	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/seal"
 	"github.com/edgefleet/edgefleet/ota/sign"
 	"github.com/edgefleet/edgefleet/ota/trust"
 )
@@ -82,4 +85,26 @@ func loadKeys(ctx context.Context, cfg Config) (*keySet, error) {
 	}
 	ks.trust = trust.NewPinned(release, []*sign.Verifier{s.Verifier()})
 	return ks, nil
+}
+
+// loadEncryptionKey gives the registry the age identity that encrypted bundles' content keys are
+// sealed to: --encryption-key, or DATA/encryption.key generated on first start with its recipient
+// in DATA/encryption.pub (what `bundle build --encrypt-to` takes).
+func loadEncryptionKey(cfg Config, breg *bundles.Registry, log *slog.Logger) error {
+	path, pub := cfg.EncryptionKey, ""
+	if path == "" {
+		path, pub = filepath.Join(cfg.DataDir, "encryption.key"), filepath.Join(cfg.DataDir, "encryption.pub")
+	}
+	id, err := seal.LoadOrCreate(path, pub)
+	if err != nil {
+		return fmt.Errorf("encryption key: %w", err)
+	}
+	if cfg.EncryptionKey != "" {
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, "encryption.pub"), []byte(id.Recipient().String()+"\n"), 0o644); err != nil {
+			return fmt.Errorf("write encryption.pub: %w", err)
+		}
+	}
+	breg.SetIdentity(id)
+	log.Debug("bundle encryption recipient", "recipient", id.Recipient().String())
+	return nil
 }

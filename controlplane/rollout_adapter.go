@@ -112,7 +112,7 @@ func (f rolloutFleet) Assign(ctx context.Context, device, model, bundleID, rollo
 	if err != nil {
 		return err
 	}
-	rec, _, err = f.ds.pickVariant(ctx, d, rec, g.Production)
+	rec, m, err := f.ds.pickVariant(ctx, d, rec, g.Production)
 	if errors.Is(err, api.ErrIncompatible) || errors.Is(err, api.ErrNoVariant) {
 		return fmt.Errorf("%w: %w", rollout.ErrRefused, err)
 	}
@@ -122,6 +122,9 @@ func (f rolloutFleet) Assign(ctx context.Context, device, model, bundleID, rollo
 	_, err = f.ds.assigner.Update(ctx, device, reportedGen(d), func(models map[string]desired.Model) error {
 		nm := desired.Model{Bundle: rec.ID, Name: rec.Name, Version: rec.Version, Variant: rec.Variant, Size: rec.Size,
 			Rollout: rolloutID, Bake: desired.Duration(bake)}
+		if err := f.ds.wrapKey(ctx, d, m, models[model], &nm); err != nil {
+			return err
+		}
 		if models[model] == nm {
 			return assign.ErrUnchanged
 		}

@@ -4,19 +4,25 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 
+	"filippo.io/age"
+
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 // verifyDir checks a folder holding manifest.json, manifest.sig and the payload files: the
 // signature by a trusted release key, the manifest's digest against the expected bundle id, and
-// every file's size and SHA-256. Nothing is used before this passes.
-func verifyDir(ctx context.Context, dir, id string, verifiers []bundle.Verifier) (*bundle.Manifest, error) {
+// every file's size and SHA-256. Nothing is used before this passes. A slot of an encrypted bundle
+// holds plaintext, checked against the digests recorded when it was decrypted (plainFile): the
+// signed manifest's digests are of the ciphertext, and the ciphertext was verified before.
+func verifyDir(ctx context.Context, dir, id string, verifiers []bundle.Verifier, slot bool) (*bundle.Manifest, error) {
 	mb, err := os.ReadFile(filepath.Join(dir, bundle.ManifestName))
 	if err != nil {
 		return nil, err
@@ -33,7 +39,25 @@ func verifyDir(ctx context.Context, dir, id string, verifiers []bundle.Verifier)
 	if err != nil {
 		return nil, err
 	}
+	want := map[string]plainEntry{}
 	for _, f := range m.Files {
+		want[f.Path] = plainEntry{Size: f.Size, SHA256: f.SHA256}
+	}
+	if slot && m.Encryption != nil {
+		b, err := os.ReadFile(filepath.Join(dir, plainFile))
+		if err != nil {
+			return nil, err
+		}
+		want = map[string]plainEntry{}
+		if err := json.Unmarshal(b, &want); err != nil {
+			return nil, fmt.Errorf("%s in %s: %v: %w", plainFile, dir, err, bundle.ErrDigest)
+		}
+	}
+	for _, f := range m.Files {
+		w, ok := want[f.Path]
+		if !ok {
+			return nil, fmt.Errorf("file %s in %s has no recorded digest: %w", f.Path, dir, bundle.ErrDigest)
+		}
 		fh, err := os.Open(filepath.Join(dir, f.Path))
 		if err != nil {
 			return nil, err
@@ -44,25 +68,57 @@ func verifyDir(ctx context.Context, dir, id string, verifiers []bundle.Verifier)
 		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", f.Path, err)
 		}
-		if n != f.Size || hex.EncodeToString(h.Sum(nil)) != f.SHA256 {
+		if n != w.Size || hex.EncodeToString(h.Sum(nil)) != w.SHA256 {
 			return nil, fmt.Errorf("file %s in %s does not match the signed manifest: %w", f.Path, dir, bundle.ErrDigest)
 		}
 	}
 	return m, nil
 }
 
+// plainFile, in the slot of an encrypted bundle, lists each payload's plaintext size and SHA-256 as
+// computed while decrypting, so that a slot can be checked again at start (a disk can rot). Its
+// name starts with a dot, which no payload name may.
+const plainFile = ".plaintext.json"
+
+type plainEntry struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
 // installSlot replaces slot's content with the verified download: hard links where the file
-// system allows (no copy of a large model), copies otherwise. The slot folder is rebuilt from
-// scratch, so repeating this after a crash gives the same result.
-func installSlot(src, slot string, m *bundle.Manifest) error {
+// system allows (no copy of a large model), copies otherwise. An encrypted bundle is decrypted
+// instead, streaming from the download into the new slot folder, the only place its plaintext is
+// ever written. The slot folder is rebuilt from scratch, so repeating this after a crash gives the
+// same result.
+func installSlot(src, slot string, m *bundle.Manifest, content age.Identity) error {
 	tmp := slot + ".new"
 	os.RemoveAll(tmp)
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return err
 	}
 	names := []string{bundle.ManifestName, bundle.SignatureName}
-	for _, f := range m.Files {
-		names = append(names, f.Path)
+	if m.Encryption != nil {
+		if content == nil {
+			os.RemoveAll(tmp)
+			return fmt.Errorf("bundle %s is encrypted and no key was given", m.Ref())
+		}
+		plain := map[string]plainEntry{}
+		for _, f := range m.Files {
+			n, sum, err := seal.DecryptFile(filepath.Join(src, f.Path), filepath.Join(tmp, f.Path), content)
+			if err != nil {
+				os.RemoveAll(tmp)
+				return fmt.Errorf("decrypt %s: %w", f.Path, err)
+			}
+			plain[f.Path] = plainEntry{Size: n, SHA256: sum}
+		}
+		b, _ := json.Marshal(plain)
+		if err := atomicfile.WriteFile(filepath.Join(tmp, plainFile), b, 0o600); err != nil {
+			return err
+		}
+	} else {
+		for _, f := range m.Files {
+			names = append(names, f.Path)
+		}
 	}
 	for _, n := range names {
 		if err := linkOrCopy(filepath.Join(src, n), filepath.Join(tmp, n)); err != nil {

@@ -19,11 +19,14 @@ import (
 	"syscall"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/golden"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 // Steps of the lifecycle. Steps lists every step at which the state is persisted before acting;
@@ -61,6 +64,10 @@ const (
 	ReasonSmoke        = "smoke_test_failed"
 	ReasonBake         = "bake_failed"
 	ReasonTransfer     = "transfer_error"
+	// ReasonNotRecipient: the bundle is encrypted and this device holds no key that opens it (none
+	// sent, or one wrapped for another device or bundle). Final until the desired state brings
+	// another key.
+	ReasonNotRecipient = "not_a_recipient"
 )
 
 // Target is what the desired state asks for this model.
@@ -71,6 +78,9 @@ type Target struct {
 	Rollout    string        `json:"rollout,omitempty"`
 	Bake       time.Duration `json:"bake"`
 	Carousel   bool          `json:"carousel,omitempty"`
+	// Key and Recipient: an encrypted bundle's content key, wrapped to this device's recipient.
+	Key       string `json:"key,omitempty"`
+	Recipient string `json:"recipient,omitempty"`
 }
 
 // Slot is the content of one slot.
@@ -125,7 +135,9 @@ type Deps struct {
 	BakeErrorMax float64
 	// BakeMinRequests is how many requests bake needs before the ratio counts.
 	BakeMinRequests int64
-	Logger          *slog.Logger
+	// Identity is the device's age identity, which opens the content keys of encrypted bundles.
+	Identity age.Identity
+	Logger   *slog.Logger
 }
 
 // Updater runs the lifecycle of one model name.
@@ -257,7 +269,7 @@ func (u *Updater) Boot(ctx context.Context) error {
 // loadSlot verifies a slot's files against its signed manifest and loads the model.
 func (u *Updater) loadSlot(ctx context.Context, s *Slot) (*infer.Model, error) {
 	dir := u.slotDir(s.Name)
-	m, err := verifyDir(ctx, dir, s.Bundle, u.deps.Verifiers())
+	m, err := verifyDir(ctx, dir, s.Bundle, u.deps.Verifiers(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -357,7 +369,7 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 		}
 		return idleWait, nil
 	}
-	if st.FailedBundle == t.Bundle {
+	if st.FailedBundle == t.Bundle && !newKey(st, t) {
 		// Failed for good (verification, smoke test, bake): retrying the same bundle would fail
 		// the same way, so wait until the desired state names another one.
 		return idleWait, nil
@@ -386,6 +398,30 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 		return u.activate(ctx, t)
 	}
 	return idleWait, nil
+}
+
+// newKey: a bundle refused for want of a key is tried again when the desired state brings another
+// key (the control plane learned the device's recipient after assigning it, say).
+func newKey(st State, t *Target) bool {
+	return st.Reason == ReasonNotRecipient && st.Target != nil && st.Target.Key != t.Key && t.Key != ""
+}
+
+// contentKey opens the content key of an encrypted bundle with the device's identity. Any failure
+// means this device is not a recipient: no key, a key for another device, or one for another bundle.
+func (u *Updater) contentKey(t *Target, m *bundle.Manifest) (age.Identity, error) {
+	if u.deps.Identity == nil {
+		return nil, fmt.Errorf("this agent has no encryption identity: %w", seal.ErrNotRecipient)
+	}
+	if t.Recipient != "" {
+		if x, ok := u.deps.Identity.(*age.X25519Identity); ok && x.Recipient().String() != t.Recipient {
+			return nil, fmt.Errorf("the bundle key was wrapped for %s, this device is %s: %w", t.Recipient, x.Recipient(), seal.ErrNotRecipient)
+		}
+	}
+	k, err := seal.Unwrap(t.Key, u.deps.Identity, m.Encryption.ContentRecipient)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s is encrypted and this device cannot open its key: %w", m.Ref(), err)
+	}
+	return k, nil
 }
 
 func (u *Updater) downloadDir(id string) string { return filepath.Join(u.deps.Fetcher.Dir, id) }
@@ -443,7 +479,7 @@ func (u *Updater) download(ctx context.Context, t *Target) (time.Duration, error
 // it was in.
 func (u *Updater) prepare(ctx context.Context, step string, t *Target) (time.Duration, error) {
 	dl := u.downloadDir(t.Bundle)
-	m, err := verifyDir(ctx, dl, t.Bundle, u.deps.Verifiers())
+	m, err := verifyDir(ctx, dl, t.Bundle, u.deps.Verifiers(), false)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			// The download vanished (cleaned up, disk replaced): fetch again.
@@ -455,6 +491,14 @@ func (u *Updater) prepare(ctx context.Context, step string, t *Target) (time.Dur
 	}
 	if step == StepVerifying {
 		return 0, u.persist(func(x *State) { x.Step = StepChecking })
+	}
+	var content age.Identity
+	if m.Encryption != nil {
+		// Before the requirements and again before unpacking: the key is never stored, only
+		// the wrapped form in the target.
+		if content, err = u.contentKey(t, m); err != nil {
+			return u.fail(t, ReasonNotRecipient, err)
+		}
 	}
 	if step == StepChecking {
 		if u.deps.InstallFault != nil && u.deps.InstallFault(m.Name, m.Version) == "fail" {
@@ -478,7 +522,7 @@ func (u *Updater) prepare(ctx context.Context, step string, t *Target) (time.Dur
 			return 0, err
 		}
 	}
-	if err := installSlot(dl, u.slotDir(slot), m); err != nil {
+	if err := installSlot(dl, u.slotDir(slot), m, content); err != nil {
 		return 0, fmt.Errorf("unpack into slot %s: %w", slot, err)
 	}
 	return 0, u.persist(func(x *State) { x.Step = StepLoading })

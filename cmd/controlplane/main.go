@@ -102,6 +102,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Var(&trustKeys, "trust", "release public key (or folder of .pub files) whose bundles the registry accepts; repeatable")
 	trustDoc := fs.String("trust-doc", "", "root-signed trust document: its release keys are trusted and it is published to devices")
 	controlKey := fs.String("control-key", "", "key that signs desired states (default DATA/control.key, generated on first start)")
+	encryptionKey := fs.String("encryption-key", "", "age identity that opens encrypted bundles' content keys (default DATA/encryption.key, generated on first start; its recipient is DATA/encryption.pub)")
 	bandwidth := fs.Int("bundle-bandwidth", 8<<20, "bytes per second for all bundle transfers together")
 	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
 	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
@@ -134,6 +135,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Retrain:                  controlplane.RetrainConfig{URL: *retrainURL, Secret: *retrainSecret, AccuracyMin: *retrainAcc, Every: *retrainEvery, CheckEvery: *retrainCheck},
 		MetricsPublic:            *metricsPublic,
 		RequireDeviceCredentials: *requireCreds, PublicURL: *publicURL, DeviceBroker: *deviceBroker, MosquittoDir: *mosquittoDir,
+		EncryptionKey: *encryptionKey,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

@@ -130,6 +130,8 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	prov := kvFlag{}
 	fs.Var(prov, "provenance", "provenance key=value (code_revision, dataset, params_digest, or anything else); repeatable")
 	quiet := fs.Bool("quiet", false, "no progress output")
+	var encryptTo cli.Strings
+	fs.Var(&encryptTo, "encrypt-to", "encrypt the payload to a fresh content key sealed to this age recipient: the control plane's DATA/encryption.pub (age1... or a file); repeatable")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
@@ -157,6 +159,7 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	o := builder.Options{InputShapes: inShapes, ModelPath: *model, Name: *name, Version: *version, Variant: *variant, Kind: bundle.Kind(*kind),
 		Parent: *parent, Golden: *goldenN, Reference: *reference, PrePath: *pre, PostPath: *post, LabelsPath: *labels,
 		Embedding: *embedding, Provenance: prov, BlockSize: *blockSize, Quantize: *quantize, MinAgreement: *minAgreement, Force: *force}
+	o.EncryptTo = encryptTo
 	if !*quiet {
 		o.Progress = stderr
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/edgefleet/edgefleet/internal/fleettest"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 func cmd(t *testing.T, args ...string) (string, string, int) {
@@ -248,5 +249,46 @@ func TestBuildInt8Variant(t *testing.T) {
 	if _, errs, code := cmd(t, "bundle", "build", "--model", filepath.Join(models, "ocr_cls.onnx"), "--name", "cls", "--version", "1.0.0",
 		"--key", filepath.Join(dir, "release.key"), "--out", filepath.Join(dir, "c.bundle"), "--quantize", "int8", "--quiet"); code == 0 || !strings.Contains(errs, "--reference") {
 		t.Fatalf("static int8 without samples: exit %d %s", code, errs)
+	}
+}
+
+// TestBundleBuildEncrypted: --encrypt-to gives a bundle that verifies like any other (digests are
+// of the ciphertext), names its encryption in the manifest, and holds no plaintext.
+func TestBundleBuildEncrypted(t *testing.T) {
+	models := fleettest.Models(t)
+	dir := t.TempDir()
+	mustCmd(t, "keys", "generate", "--out", dir)
+	cpID, err := seal.NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := filepath.Join(dir, "encryption.pub")
+	os.WriteFile(pub, []byte(cpID.Recipient().String()+"\n"), 0o644)
+	model := filepath.Join(models, "hello_deepa.onnx")
+	base := []string{"bundle", "build", "--model", model, "--name", "m", "--version", "1.0.0", "--key", filepath.Join(dir, "release.key"), "--quiet"}
+	for _, to := range []string{pub, cpID.Recipient().String()} {
+		out := filepath.Join(t.TempDir(), "m.bundle")
+		id := strings.TrimSpace(mustCmd(t, append(base, "--out", out, "--encrypt-to", to)...))
+		if v := mustCmd(t, "bundle", "verify", "--key", filepath.Join(dir, "release.pub"), out); !strings.Contains(v, id) {
+			t.Fatalf("verify: %s", v)
+		}
+		var man struct {
+			Encryption *struct {
+				Scheme           string `json:"scheme"`
+				ContentRecipient string `json:"content_recipient"`
+			} `json:"encryption"`
+		}
+		json.Unmarshal([]byte(mustCmd(t, "bundle", "inspect", out)), &man)
+		if man.Encryption == nil || man.Encryption.Scheme != "age-x25519" || !strings.HasPrefix(man.Encryption.ContentRecipient, "age1") {
+			t.Fatalf("inspect: encryption %+v", man.Encryption)
+		}
+		plain, _ := os.ReadFile(model)
+		b, _ := os.ReadFile(out)
+		if bytes.Contains(b, plain[len(plain)/2:len(plain)/2+64]) {
+			t.Fatal("encrypted bundle holds the model's plaintext")
+		}
+	}
+	if _, errs, code := cmd(t, append(base, "--out", filepath.Join(dir, "x.bundle"), "--encrypt-to", "age1notarecipient")...); code == 0 || !strings.Contains(errs, "encrypt-to") {
+		t.Fatalf("bad recipient: exit %d %s", code, errs)
 	}
 }

@@ -18,8 +18,11 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
+
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/ota/bundle"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 const bucket = "bundles"
@@ -61,6 +64,9 @@ type Record struct {
 	StageAt    time.Time `json:"stage_at,omitzero"`
 	// Manifest is the exact signed manifest.
 	Manifest json.RawMessage `json:"manifest"`
+	// Encrypted: the payload is encrypted (manifest "encryption"); devices get its key wrapped for
+	// them in their desired state.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // Ref is name@version, with the variant when there is one.
@@ -83,6 +89,48 @@ type Registry struct {
 
 	mu        sync.Mutex // serialises uploads (id and name@version checks)
 	manifests sync.Map   // id -> *bundle.Manifest
+
+	// identity opens the sealed content keys of encrypted bundles (SetIdentity); contents caches
+	// them in memory only (id -> *age.X25519Identity).
+	identity age.Identity
+	contents sync.Map
+}
+
+// ErrNotRecipient: an encrypted bundle whose content key this control plane cannot open.
+var ErrNotRecipient = errors.New("bundle encrypted to another key")
+
+// DriftReferenceName is where the registry keeps the decrypted drift reference of an encrypted
+// bundle, for the control plane's own drift scoring. Payload names never start with a dot, so block
+// requests can never name it: it is not served.
+const DriftReferenceName = ".drift-reference.json"
+
+// SetIdentity gives the registry the control plane's age identity (DATA/encryption.key), which
+// encrypted bundles' content keys are sealed to.
+func (r *Registry) SetIdentity(id age.Identity) { r.identity = id }
+
+// ContentKey opens the content key of an encrypted bundle. The key lives in memory only; what is
+// stored and sent is always wrapped.
+func (r *Registry) ContentKey(ctx context.Context, id string) (*age.X25519Identity, error) {
+	if k, ok := r.contents.Load(id); ok {
+		return k.(*age.X25519Identity), nil
+	}
+	m, err := r.Manifest(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return r.openContent(id, m)
+}
+
+func (r *Registry) openContent(id string, m *bundle.Manifest) (*age.X25519Identity, error) {
+	if r.identity == nil {
+		return nil, fmt.Errorf("%w: %s is encrypted and this control plane has no encryption identity", ErrNotRecipient, m.Ref())
+	}
+	k, err := seal.Open(m, r.identity)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v; build it with --encrypt-to the recipient in this control plane's DATA/encryption.pub", ErrNotRecipient, err)
+	}
+	r.contents.Store(id, k)
+	return k, nil
 }
 
 // New opens the registry that keeps files under dir. verifiers returns the release keys trusted now
@@ -151,7 +199,23 @@ func (r *Registry) Upload(ctx context.Context, rd io.Reader, by string) (rec Rec
 		return Record{}, false, fmt.Errorf("%w: a model bundle needs a model file and an input/output schema", ErrInvalid)
 	}
 	rec = Record{ID: b.ID, Kind: string(m.Kind), Name: m.Name, Version: m.Version, Variant: m.Variant, Parent: m.Parent,
-		Size: n, Stage: StageStaging, UploadedBy: by, UploadedAt: r.now().UTC(), Manifest: json.RawMessage(b.ManifestBytes)}
+		Size: n, Stage: StageStaging, UploadedBy: by, UploadedAt: r.now().UTC(), Manifest: json.RawMessage(b.ManifestBytes),
+		Encrypted: m.Encryption != nil}
+	if m.Encryption != nil {
+		// Refused now rather than at the first assignment: a bundle nobody here can open would
+		// reach no device.
+		k, err := r.openContent(b.ID, m)
+		if err != nil {
+			return Record{}, false, fmt.Errorf("%w: %v", ErrInvalid, err)
+		}
+		if ref := m.FileByRole(bundle.RoleReference); ref != nil {
+			// The control plane scores drift against the reference, so it keeps a plaintext copy
+			// under a name block requests cannot reach.
+			if _, _, err := seal.DecryptFile(filepath.Join(tmp, "files", ref.Path), filepath.Join(tmp, "files", DriftReferenceName), k); err != nil {
+				return Record{}, false, fmt.Errorf("%w: decrypt the drift reference: %v", ErrInvalid, err)
+			}
+		}
+	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -70,6 +70,9 @@ type RuntimeFacts struct {
 	ExecutionProviders []string `json:"execution_providers,omitempty"`
 	FreeMemory         uint64   `json:"free_memory_bytes,omitempty"`
 	Error              string   `json:"error,omitempty"`
+	// AgeRecipient is the device's age X25519 recipient (age1...): encrypted bundles' content keys
+	// are wrapped to it (DATA/age.key holds the identity).
+	AgeRecipient string `json:"age_recipient,omitempty"`
 }
 
 // ModelReport is the state of one model name on a device.

@@ -14,9 +14,12 @@ import (
 	"runtime"
 	"strings"
 
+	"filippo.io/age"
+
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/golden"
+	"github.com/edgefleet/edgefleet/ota/seal"
 )
 
 // Options of a build.
@@ -49,6 +52,9 @@ type Options struct {
 	// fails it (or is slower than fp32), recording that in the manifest.
 	MinAgreement float64
 	Force        bool
+	// EncryptTo, when not empty, encrypts every payload file to a fresh content key sealed to
+	// these age recipients (the control plane's `DATA/encryption.pub`): age1... strings or files.
+	EncryptTo []string
 }
 
 // Result describes what was built.
@@ -199,6 +205,32 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		files = append(files, bundle.FileFromPath(extra.name, extra.role, extra.path))
 	}
 
+	var encryption *bundle.Encryption
+	if len(o.EncryptTo) > 0 {
+		var rs []age.Recipient
+		for _, arg := range o.EncryptTo {
+			r, err := seal.ReadRecipient(arg)
+			if err != nil {
+				return nil, fmt.Errorf("--encrypt-to %s: %w", arg, err)
+			}
+			rs = append(rs, r)
+		}
+		c, err := seal.NewContent(rs...)
+		if err != nil {
+			return nil, err
+		}
+		tmp, err := os.MkdirTemp("", "edgefleet-encrypt-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		o.say("encrypting %d payload files to content key %s", len(files), c.Encryption.ContentRecipient)
+		if files, err = c.EncryptFiles(files, tmp); err != nil {
+			return nil, err
+		}
+		encryption = c.Encryption
+	}
+
 	in := bundle.BuildInput{
 		Kind: o.Kind, Name: o.Name, Version: o.Version, Variant: o.Variant, Parent: o.Parent, BlockSize: o.BlockSize,
 		Schema: toSchema(schema), ONNX: &bundle.ONNXInfo{Opset: schema.Opset, IRVersion: schema.IRVersion},
@@ -211,6 +243,7 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		Provenance:      provenance(o.Provenance),
 		Quantization:    quantFacts,
 		EmbeddingOutput: o.Embedding,
+		Encryption:      encryption,
 		Files:           files,
 	}
 	o.say("hashing and signing")

@@ -65,7 +65,10 @@ type BuildInput struct {
 	Provenance      Provenance
 	Quantization    *Quantization
 	EmbeddingOutput string
-	Files           []File
+	// Encryption is set when Files are already encrypted (see ota/seal): the manifest then lists
+	// the ciphertext and says how to get the key.
+	Encryption *Encryption
+	Files      []File
 }
 
 // Build hashes the files, writes the canonical manifest, signs it and writes the bundle tar to w:
@@ -90,6 +93,7 @@ func Build(ctx context.Context, in BuildInput, signer Signer, w io.Writer) (id s
 		Provenance:      in.Provenance,
 		Quantization:    in.Quantization,
 		EmbeddingOutput: in.EmbeddingOutput,
+		Encryption:      in.Encryption,
 	}
 	if in.CreatedAt.IsZero() {
 		m.CreatedAt = time.Now().UTC().Truncate(time.Second)

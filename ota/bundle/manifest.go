@@ -3,6 +3,7 @@ package bundle
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -81,6 +82,46 @@ type Manifest struct {
 	Provenance      Provenance    `json:"provenance"`
 	Quantization    *Quantization `json:"quantization,omitempty"`
 	EmbeddingOutput string        `json:"embedding_output,omitempty"`
+	// Encryption, when present, says that every payload file is encrypted (sizes and digests
+	// above are of the ciphertext) and how to get the key. Readers that predate it refuse the
+	// unknown field, which is what they must do: they could not install such a bundle.
+	Encryption *Encryption `json:"encryption,omitempty"`
+}
+
+// EncryptionAgeX25519 is the only encryption scheme: each payload file is an age file
+// (filippo.io/age, X25519 recipient) encrypted to one content key made for this bundle.
+const EncryptionAgeX25519 = "age-x25519"
+
+// Encryption describes an encrypted bundle. The content identity (the private half of
+// ContentRecipient) travels sealed: SealedKey is an age file, base64, that only the control
+// plane's identity opens; the control plane re-wraps it for each device it assigns the bundle to.
+// Everything here is public: a device that holds the manifest learns nothing it can decrypt with.
+type Encryption struct {
+	Scheme           string `json:"scheme"`
+	ContentRecipient string `json:"content_recipient"`
+	SealedKey        string `json:"sealed_key"`
+}
+
+// maxSealedKey bounds the sealed key: an age header per recipient (about 200 bytes) and the
+// identity; a few control-plane recipients fit many times over.
+const maxSealedKey = 16 << 10
+
+var ageRecipientRE = regexp.MustCompile(`^age1[02-9ac-hj-np-z]{58}$`)
+
+func (e *Encryption) validate() error {
+	if e.Scheme != EncryptionAgeX25519 {
+		return fmt.Errorf("encryption.scheme %q: this reader understands %q: %w", e.Scheme, EncryptionAgeX25519, ErrFormat)
+	}
+	if !ageRecipientRE.MatchString(e.ContentRecipient) {
+		return fmt.Errorf("encryption.content_recipient %q is not an age X25519 recipient (age1...): %w", e.ContentRecipient, ErrFormat)
+	}
+	if e.SealedKey == "" || len(e.SealedKey) > maxSealedKey {
+		return fmt.Errorf("encryption.sealed_key: want 1 to %d characters of base64: %w", maxSealedKey, ErrFormat)
+	}
+	if _, err := base64.StdEncoding.DecodeString(e.SealedKey); err != nil {
+		return fmt.Errorf("encryption.sealed_key is not base64: %w", ErrFormat)
+	}
+	return nil
 }
 
 // FileEntry is one payload file: its flat name in the tar, its role, size, SHA-256 and the SHA-256
@@ -295,6 +336,11 @@ func (m *Manifest) Validate() error {
 	}
 	if r.MinOpset < 0 || r.PeakMemoryBytes < 0 {
 		return fmt.Errorf("requirements: negative min_opset or peak_memory_bytes: %w", ErrFormat)
+	}
+	if m.Encryption != nil {
+		if err := m.Encryption.validate(); err != nil {
+			return err
+		}
 	}
 	if q := m.Quantization; q != nil && (q.Method == "" || q.SizeBefore < 0 || q.SizeAfter < 0 || q.Agreement < 0 || q.Agreement > 1) {
 		return fmt.Errorf("quantization: method required, sizes >= 0, agreement in [0,1]: %w", ErrFormat)

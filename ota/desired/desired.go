@@ -35,6 +35,10 @@ type Model struct {
 	// Carousel tells the device that the control plane broadcasts this bundle to its wave: listen
 	// on the carousel first and pull only what it missed.
 	Carousel bool `json:"carousel,omitempty"`
+	// Key is set for an encrypted bundle: its content key wrapped (ota/seal) to Recipient, the
+	// device's own age recipient. The signature proves who sent it; only the device can open it.
+	Key       string `json:"key,omitempty"`
+	Recipient string `json:"recipient,omitempty"`
 }
 
 // State is the document.
