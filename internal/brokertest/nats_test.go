@@ -1,0 +1,75 @@
+package brokertest
+
+import (
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+)
+
+// natsGaps are what NATS' MQTT gateway (2.9) is known not to do of our contract.
+var natsGaps = []KnownGap{{Requirement: "long-client-id",
+	Reason: "NATS maps MQTT topic levels to subject tokens separated by '.', so it refuses a topic with '.' in it and drops the connection: on NATS, device ids must not contain '.'"}}
+
+// TestConformanceNATSCluster runs the broker suite against a 3-node NATS cluster with JetStream,
+// through one node, then checks what only a cluster can show: a retained message published on one
+// node is read on another, and still after the node it was published on is killed.
+func TestConformanceNATSCluster(t *testing.T) {
+	c := StartNATSCluster(t, 3)
+	res := Conformance(t, c.AsBroker(0), natsGaps...)
+	t.Logf("broker conformance:\n%s", FormatResults(res))
+
+	pub := natsClient(t, c.Nodes[0].URL(), "xnode-pub")
+	if tok := pub.Publish("xnode/desired", 1, true, "gen-7"); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish on n1: %v", tok.Error())
+	}
+	pub.Disconnect(100)
+	// read subscribes until the retained message arrives: right after a node dies JetStream
+	// elects new stream leaders and a subscription can time out meanwhile; agents re-subscribe
+	// on every connection in the same way.
+	read := func(url, id string) string {
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); {
+			cl := natsClient(t, url, id)
+			got := make(chan string, 1)
+			cl.Subscribe("xnode/desired", 1, func(_ paho.Client, m paho.Message) {
+				select {
+				case got <- string(m.Payload()):
+				default:
+				}
+			}).WaitTimeout(10 * time.Second)
+			select {
+			case s := <-got:
+				cl.Disconnect(100)
+				return s
+			case <-time.After(5 * time.Second):
+				cl.Disconnect(100)
+			}
+		}
+		return ""
+	}
+	if s := read(c.Nodes[1].URL(), "xnode-sub-2"); s != "gen-7" {
+		t.Fatalf("retained message read on n2: %q, want gen-7", s)
+	}
+	c.Kill(c.Nodes[0])
+	if s := read(c.Nodes[2].URL(), "xnode-sub-3"); s != "gen-7" {
+		t.Fatalf("retained message read on n3 after n1 was killed: %q, want gen-7", s)
+	}
+}
+
+func natsClient(t *testing.T, url, id string) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(true).SetConnectTimeout(10 * time.Second).SetProtocolVersion(4)
+	// Right after a cluster restart the gateway may drop a connection while JetStream elects
+	// stream leaders; a device retries the same way.
+	var err error
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(time.Second) {
+		cl := paho.NewClient(o)
+		tok := cl.Connect()
+		if tok.WaitTimeout(15*time.Second) && tok.Error() == nil {
+			return cl
+		}
+		err = tok.Error()
+	}
+	t.Fatalf("connect %s: %v", url, err)
+	return nil
+}
