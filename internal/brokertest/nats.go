@@ -56,8 +56,8 @@ type NATSCluster struct {
 
 // NATSNode is one server of the cluster.
 type NATSNode struct {
-	Name                             string
-	dir, conf, logPath               string
+	Name                              string
+	dir, conf, logPath                string
 	clientPort, clusterPort, mqttPort int
 	httpPort                          int
 
