@@ -31,6 +31,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
+	"github.com/edgefleet/edgefleet/internal/dataset"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry/drift"
@@ -67,6 +68,11 @@ type Config struct {
 	Logger             *slog.Logger
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
+
+	// DatasetSweep is how often datasets past their group's retention are deleted (default 1m);
+	// Clock, when set, is the datasets' clock (retention tests).
+	DatasetSweep time.Duration
+	Clock        func() time.Time
 }
 
 // Info tells where a running control plane listens.
@@ -154,6 +160,10 @@ func Run(ctx context.Context, cfg Config) error {
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
 	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	dsets, err := openDatasets(cfg, st, ds, reg, publish, topics, log) // sample capture (capture.go)
+	if err != nil {
+		return err
+	}
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{}}
@@ -169,6 +179,13 @@ func Run(ctx context.Context, cfg Config) error {
 		if err == nil && p.Kind == wire.KindBlocksReq {
 			blocks.Handle(p.Device, payload)
 			return
+		}
+		if err == nil && p.Kind == wire.KindUpload && p.Sub == dataset.UploadSub {
+			dsets.HandleUpload(p.Device, payload)
+			return
+		}
+		if err == nil && p.Kind == wire.KindCmdResult {
+			dsets.HandleResult(p.Device, payload)
 		}
 		herr := reg.HandleMessage(topic, payload)
 		if err == nil && herr == nil && p.Kind == wire.KindTelemetry {
@@ -187,7 +204,8 @@ func Run(ctx context.Context, cfg Config) error {
 			rollouts.Poke() // rollouts: a device's install state or presence changed
 		}
 	}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); dsets.Run(svcCtx, cfg.DatasetSweep) }()
 	go func() { defer wg.Done(); blocks.Run(svcCtx) }()
 	go func() {
 		defer wg.Done()
@@ -254,6 +272,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},
+			Datasets:       dsets,
 			AdminTokenHash: tokenHash, Logger: log,
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,

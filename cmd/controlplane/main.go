@@ -102,6 +102,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	bandwidth := fs.Int("bundle-bandwidth", 8<<20, "bytes per second for all bundle transfers together")
 	carouselMin := fs.Int("carousel-min", 10, "broadcast a bundle once on its carousel when a group assignment targets at least this many devices (0: never)")
 	desiredTTL := fs.Duration("desired-ttl", 7*24*time.Hour, "how long a desired state stays valid; re-issued at half-life")
+	datasetSweep := fs.Duration("dataset-sweep", time.Minute, "how often captured datasets past their group's capture retention are deleted")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
@@ -118,6 +119,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,
 		AdminToken: *adminToken, Logger: log, TrustKeys: trustKeys, TrustDoc: *trustDoc, ControlKey: *controlKey,
 		BundleBytesPerSecond: *bandwidth, CarouselMin: *carouselMin, DesiredTTL: *desiredTTL,
+		DatasetSweep: *datasetSweep,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

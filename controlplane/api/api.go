@@ -39,6 +39,8 @@ type Config struct {
 	Groups    GroupSettings
 	// Command publishes a command to a device (feedback.go); POST /api/v1/feedback answers 501 when nil.
 	Command CommandFunc
+	// Datasets is sample capture (datasets.go); its routes answer 501 when nil.
+	Datasets Datasets
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -95,6 +97,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/bundles/:id", h.getBundle)
 	v1.PUT("/bundles/:id/stage", h.setStage)
 	h.rolloutRoutes(v1)
+	h.datasetRoutes(v1)
 	return r
 }
 

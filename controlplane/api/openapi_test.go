@@ -18,6 +18,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
+	"github.com/edgefleet/edgefleet/controlplane/datasets"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
@@ -228,6 +229,7 @@ func TestOpenAPIMatchesGoTypes(t *testing.T) {
 		"RolloutView": rollout.View{}, "RolloutDevice": rollout.DeviceView{},
 		"GroupRollback": rollout.GroupRollback{}, "ModelRollback": rollout.ModelRollback{},
 		"AuditEntry": audit.Entry{}, "TelemetryMessage": wire.Telemetry{}, "Accounting": ingest.Accounting{},
+		"Dataset": datasets.Record{}, "CaptureRequest": api.CaptureRequest{},
 	}
 	schemas := doc["components"].(map[string]any)["schemas"].(map[string]any)
 	for _, name := range sortedKeys(types) {
