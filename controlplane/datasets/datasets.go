@@ -469,6 +469,10 @@ func (s *Service) onManifest(device string, b []byte) {
 	}
 	r, err := s.Get(ctx, m.Capture)
 	switch {
+	case errors.Is(err, ErrNotFound) && m.Trigger == dataset.TriggerCommand:
+		// An ordered capture always has a record; without one it was deleted meanwhile.
+		s.ack(device, dataset.Ack{Capture: m.Capture, Refused: "no such capture here (deleted?)"})
+		return
 	case errors.Is(err, ErrNotFound):
 		if r, err = s.automatic(ctx, device, m); err != nil {
 			s.cfg.Logger.Warn("automatic capture refused", "device", device, "capture", m.Capture, "err", err)
