@@ -99,8 +99,9 @@ type Agent struct {
 	infTel *inferenceTelemetry
 	spool  *spool.Spool
 	// capture holds armed sample captures and their uploads (capturing.go).
-	capture *capture.Manager
-	runCtx  context.Context
+	capture       *capture.Manager
+	captureDenied sync.Map // model -> logged that automatic captures are not permitted
+	runCtx        context.Context
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
 	// ListenAddr is the local API's address once Ready.

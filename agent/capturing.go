@@ -136,10 +136,17 @@ func (a *Agent) triggerCapture(model, trigger, reason string) {
 		return
 	}
 	id, err := a.capture.Trigger(model, trigger, reason)
+	if errors.Is(err, capture.ErrNotPermitted) {
+		if _, logged := a.captureDenied.LoadOrStore(model, true); !logged {
+			a.log.Info("automatic capture not permitted: the group's capture policy does not allow it", "model", model, "trigger", trigger)
+		}
+		return
+	}
 	if err != nil {
 		a.log.Debug("automatic capture not started", "model", model, "trigger", trigger, "err", err)
 		return
 	}
+	a.captureDenied.Delete(model)
 	a.log.Info("automatic capture", "capture", id, "model", model, "reason", reason)
 }
 

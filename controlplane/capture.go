@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"path/filepath"
 
@@ -42,4 +43,42 @@ func openDatasets(cfg Config, st store.Store, ds *desiredService, reg *fleet.Reg
 		}
 	}
 	return svc, nil
+}
+
+// grantOnConnect re-sends a device's standing capture grant (its group's policy, enabled or
+// not) each time it comes online, so a device that was offline when the policy changed, or
+// that moved groups, holds the current one. Work is queued; past 4096 waiting it is dropped
+// (the next connection or policy change sends it again).
+func grantOnConnect(ctx context.Context, svc *datasets.Service, ds *desiredService, reg *fleet.Registry, log *slog.Logger) func(device string, payload []byte) {
+	q := make(chan string, 4096)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case dev := <-q:
+				d, err := reg.Get(dev)
+				if err != nil || d.Group == "" {
+					continue
+				}
+				g, _, err := ds.GroupSettings(ctx, d.Group)
+				if err != nil {
+					continue
+				}
+				if err := svc.Grant(ctx, dev, g.Capture); err != nil {
+					log.Debug("capture policy not sent; it goes on the next connection", "device", dev, "err", err)
+				}
+			}
+		}
+	}()
+	return func(device string, payload []byte) {
+		var st wire.Status
+		if json.Unmarshal(payload, &st) != nil || st.State != wire.StateOnline {
+			return
+		}
+		select {
+		case q <- device:
+		default:
+		}
+	}
 }

@@ -240,3 +240,73 @@ func assertNotPlain(t *testing.T, path string, x onnxrt.Tensor) {
 		t.Fatalf("%s holds plaintext samples", path)
 	}
 }
+
+// TestAutomaticCapture: a device's scheduled captures start only once its group's policy is
+// granted to it, and arrive as datasets whose requester is the device, audited.
+func TestAutomaticCapture(t *testing.T) {
+	models := fleettest.Models(t)
+	k := fleettest.NewKeys(t)
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
+	ag := fleettest.OTAAgent(t, cp, k, "cap-2", "shop-b", "--capture-every", "500ms")
+	addr := ag.ListenAddr(t)
+	v1, id1 := fleettest.BuildBundle(t, k, "hello_deepa.onnx", "wake", "1.0.0")
+	cp.Push(v1)
+	fleettest.Eventually(t, 30*time.Second, "device registered", func() bool { _, ok := cp.Devices()["cap-2"]; return ok })
+	assign(t, cp, "cap-2", "wake@1.0.0", "0s")
+	waitModel(t, cp, "cap-2", "wake", "committed", func(a, s, _ string) bool { return a == id1 && s == updater.StepCommitted })
+
+	modelBytes, _ := os.ReadFile(filepath.Join(models, "hello_deepa.onnx"))
+	sess, err := onnxrt.NewSession(modelBytes, onnxrt.Options{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	inputs, _ := onnxrt.GenerateInputs(sess.Schema(), 4, 5, nil)
+
+	// Without a grant the schedule captures nothing.
+	fleettest.Eventually(t, 20*time.Second, "schedule refused", func() bool {
+		return strings.Contains(ag.Log(), "automatic capture not permitted")
+	})
+	for i := range 3 {
+		inferID(t, addr, "wake", fmt.Sprintf("pre-%d", i), inputs[i%len(inputs)])
+	}
+	if code, body := cp.Do("PUT", "/api/v1/groups/shop-b", map[string]any{"capture": map[string]any{"enabled": true, "max_samples": 3}}, nil); code != 200 {
+		t.Fatalf("enable capture: %d %s", code, body)
+	}
+	var done datasetView
+	i := 0
+	fleettest.Eventually(t, 60*time.Second, "a scheduled capture completes", func() bool {
+		inferID(t, addr, "wake", fmt.Sprintf("post-%d", i), inputs[i%len(inputs)])
+		i++
+		var list struct {
+			Datasets []datasetView `json:"datasets"`
+		}
+		cp.Do("GET", "/api/v1/datasets?state=complete", nil, &list)
+		if len(list.Datasets) > 0 {
+			done = list.Datasets[len(list.Datasets)-1]
+			return true
+		}
+		return false
+	})
+	if done.Trigger != "schedule" || done.Requester != "device:cap-2" || done.Samples != 3 || done.Group != "shop-b" || done.Bundle != id1 {
+		t.Fatalf("scheduled dataset %+v", done)
+	}
+	_, body := cp.Do("GET", "/api/v1/datasets/"+done.ID+"/samples", nil, nil)
+	dataset.ReadSamples(strings.NewReader(body), func(_ []byte, s dataset.Sample) error {
+		if !strings.HasPrefix(s.ID, "post-") {
+			t.Errorf("sample %s was captured before the policy allowed it", s.ID)
+		}
+		return nil
+	})
+	var aud struct {
+		Entries []struct{ Who, Action, Reason string } `json:"entries"`
+	}
+	cp.Do("GET", "/api/v1/audit", nil, &aud)
+	found := false
+	for _, e := range aud.Entries {
+		found = found || (e.Who == "device:cap-2" && e.Action == "automatic capture (schedule)" && strings.HasPrefix(e.Reason, "schedule"))
+	}
+	if !found {
+		t.Fatalf("no audit entry for the automatic capture: %+v", aud.Entries)
+	}
+}

@@ -164,6 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	grantOnline := grantOnConnect(svcCtx, dsets, ds, reg, log)
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{}}
@@ -188,6 +189,9 @@ func Run(ctx context.Context, cfg Config) error {
 			dsets.HandleResult(p.Device, payload)
 		}
 		herr := reg.HandleMessage(topic, payload)
+		if err == nil && herr == nil && p.Kind == wire.KindStatus {
+			grantOnline(p.Device, payload) // after the registry took the device's group from it
+		}
 		if err == nil && herr == nil && p.Kind == wire.KindTelemetry {
 			var m wire.Telemetry
 			if json.Unmarshal(payload, &m) == nil {
