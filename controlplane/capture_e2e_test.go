@@ -310,3 +310,59 @@ func TestAutomaticCapture(t *testing.T) {
 		t.Fatalf("no audit entry for the automatic capture: %+v", aud.Entries)
 	}
 }
+
+// TestDriftCapture: inputs far from the bundle's reference push a telemetry window's PSI past
+// --capture-drift-psi, and the device captures the drifted inputs under its group's grant.
+func TestDriftCapture(t *testing.T) {
+	models := fleettest.Models(t)
+	k := fleettest.NewKeys(t)
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}})
+	if code, body := cp.Do("PUT", "/api/v1/groups/shop-c", map[string]any{"capture": map[string]any{"enabled": true, "max_samples": 4}}, nil); code != 200 {
+		t.Fatalf("enable capture: %d %s", code, body)
+	}
+	ag := fleettest.OTAAgent(t, cp, k, "cap-3", "shop-c", "--capture-drift-psi", "0.2")
+	addr := ag.ListenAddr(t)
+	v1, id1 := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
+	cp.Push(v1)
+	fleettest.Eventually(t, 30*time.Second, "device registered", func() bool { _, ok := cp.Devices()["cap-3"]; return ok })
+	assign(t, cp, "cap-3", "wake@1.0.0", "0s")
+	waitModel(t, cp, "cap-3", "wake", "committed", func(a, s, _ string) bool { return a == id1 && s == updater.StepCommitted })
+
+	modelBytes, _ := os.ReadFile(filepath.Join(models, "hello_deepa.onnx"))
+	sess, err := onnxrt.NewSession(modelBytes, onnxrt.Options{IntraOpThreads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+	inputs, _ := onnxrt.GenerateInputs(sess.Schema(), 50, 3, nil)
+	for _, in := range inputs { // shifted and stretched: drift
+		for _, x := range in {
+			if d, ok := x.Data.([]float32); ok {
+				for i := range d {
+					d[i] = d[i]*4 + 2
+				}
+			}
+		}
+	}
+	var done datasetView
+	i := 0
+	fleettest.Eventually(t, 90*time.Second, "a drift capture completes", func() bool {
+		for range 10 {
+			inferID(t, addr, "wake", fmt.Sprintf("d-%d", i), inputs[i%len(inputs)])
+			i++
+		}
+		var list struct {
+			Datasets []datasetView `json:"datasets"`
+		}
+		cp.Do("GET", "/api/v1/datasets?state=complete", nil, &list)
+		if len(list.Datasets) > 0 {
+			done = list.Datasets[len(list.Datasets)-1]
+			return true
+		}
+		return false
+	})
+	if done.Trigger != "drift" || done.Requester != "device:cap-3" || done.Samples != 4 || !strings.HasPrefix(done.Reason, "drift: PSI") {
+		t.Fatalf("drift dataset %+v", done)
+	}
+	t.Logf("drift capture after %d calls: %s", i, done.Reason)
+}

@@ -237,3 +237,28 @@ func TestUploadAndSweep(t *testing.T) {
 		t.Fatalf("dataset after retention: %v", err)
 	}
 }
+
+// TestDeviceRefusal: a device's refusal on cmd/result marks its requested dataset refused; a
+// result from another device, or a success, changes nothing.
+func TestDeviceRefusal(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	h.pols["shop"] = fleet.CapturePolicy{Enabled: true, MaxSamples: 5}
+	r, err := h.svc.Request(ctx, "d-a", "shop", "m", 5, "", "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		device, payload, want string
+	}{
+		{"d-b", `{"type":"capture","capture":"` + r.ID + `","ok":false,"error":"x"}`, StateRequested},
+		{"d-a", `{"type":"capture","capture":"` + r.ID + `","ok":true}`, StateRequested},
+		{"d-a", `{"type":"other","capture":"` + r.ID + `","ok":false}`, StateRequested},
+		{"d-a", `{"type":"capture","capture":"` + r.ID + `","ok":false,"error":"capture not permitted"}`, StateRefused},
+	} {
+		h.svc.HandleResult(tc.device, []byte(tc.payload))
+		if got, _ := h.svc.Get(ctx, r.ID); got.State != tc.want {
+			t.Fatalf("after %s from %s: state %s, want %s", tc.payload, tc.device, got.State, tc.want)
+		}
+	}
+}
