@@ -182,7 +182,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return
 		}
 		if err == nil && p.Kind == wire.KindUpload && p.Sub == dataset.UploadSub {
-			dsets.HandleUpload(p.Device, payload)
+			dsets.Enqueue(p.Device, payload)
 			return
 		}
 		if err == nil && p.Kind == wire.KindCmdResult {

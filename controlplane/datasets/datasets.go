@@ -6,6 +6,7 @@
 package datasets
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -99,8 +100,14 @@ type Service struct {
 	cfg Config
 	id  *age.X25519Identity
 
-	mu   sync.Mutex
-	recv map[string]*receiving
+	mu    sync.Mutex
+	recv  map[string]*receiving
+	queue chan upload // Enqueue -> the worker Run starts
+}
+
+type upload struct {
+	device  string
+	payload []byte
 }
 
 type receiving struct {
@@ -127,7 +134,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, id: id, recv: map[string]*receiving{}}, nil
+	return &Service{cfg: cfg, id: id, recv: map[string]*receiving{}, queue: make(chan upload, 1024)}, nil
 }
 
 // Recipient is the control plane's age public key, which devices encrypt captures to.
@@ -339,6 +346,16 @@ func (s *Service) Run(ctx context.Context, every time.Duration) {
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case u := <-s.queue:
+				s.HandleUpload(u.device, u.payload)
+			}
+		}
+	}()
 	for {
 		if _, err := s.Sweep(ctx); err != nil && ctx.Err() == nil {
 			s.cfg.Logger.Error("dataset retention sweep", "err", err)
@@ -433,6 +450,17 @@ func (s *Service) ack(device string, a dataset.Ack) {
 	b, _ := json.Marshal(a)
 	if err := s.cfg.Command(context.Background(), device, b); err != nil {
 		s.cfg.Logger.Debug("capture ack not sent; the device asks again", "device", device, "err", err)
+	}
+}
+
+// Enqueue hands an upload frame to the worker Run starts, without blocking: the MQTT client's
+// goroutine must not wait for the acknowledgements HandleUpload publishes. Past 1024 waiting,
+// frames are dropped; the device sends them again.
+func (s *Service) Enqueue(device string, payload []byte) {
+	select {
+	case s.queue <- upload{device, bytes.Clone(payload)}:
+	default:
+		s.cfg.Logger.Debug("upload frame dropped: queue full", "device", device)
 	}
 }
 
