@@ -1,7 +1,11 @@
 package capture
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +13,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/edgefleet/edgefleet/internal/dataset"
+	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
 
 func TestCheck(t *testing.T) {
@@ -74,5 +79,57 @@ func TestTriggerNeedsGrant(t *testing.T) {
 	}
 	if _, err := m2.Trigger("other", dataset.TriggerDrift, "psi"); !errors.Is(err, ErrNotPermitted) {
 		t.Fatalf("trigger after revocation: %v", err)
+	}
+}
+
+// TestArmedOnly: calls are recorded only while a capture is armed, at most max_samples; the
+// sealed file is readable by the control plane's identity only through age, survives a restart
+// and is deleted once acknowledged complete.
+func TestArmedOnly(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{Dir: filepath.Join(dir, "captures"), KeyPath: filepath.Join(dir, "capture.key"), GrantPath: filepath.Join(dir, "g.json"), Device: "d1",
+		Publish: func(context.Context, []byte) error { return nil }}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpID, _ := age.GenerateX25519Identity()
+	x := func(v float32) []onnxrt.Tensor {
+		return []onnxrt.Tensor{{Name: "x", DType: onnxrt.FP32, Shape: []int64{1}, Data: []float32{v}}}
+	}
+	m.Observe("m", "1", "b", "before", x(1), x(2)) // nothing armed: not recorded
+	yes := true
+	capID := strings.Repeat("ab", 32)
+	if err := m.Arm(dataset.Command{Type: "capture", Capture: capID, Model: "m", MaxSamples: 2, Permitted: &yes, Recipient: cpID.Recipient().String()}); err != nil {
+		t.Fatal(err)
+	}
+	m.Observe("other", "1", "b", "o", x(9), x(9)) // another model: not recorded
+	for i := range 3 {
+		m.Observe("m", "1", "b", fmt.Sprintf("r%d", i), x(float32(i)), x(0))
+	}
+	m.Flush()
+	if m.Armed("m") || len(m.Pending()) != 1 {
+		t.Fatalf("armed %v, pending %v", m.Armed("m"), m.Pending())
+	}
+	m2, err := New(cfg) // a restart finds the sealed capture
+	if err != nil || len(m2.Pending()) != 1 {
+		t.Fatalf("after restart: %v %v", m2.Pending(), err)
+	}
+	f, _ := os.ReadFile(filepath.Join(cfg.Dir, capID, dataset.FileSamples))
+	pr, err := dataset.Decrypt(bytes.NewReader(f), cpID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	dataset.ReadSamples(pr, func(_ []byte, s dataset.Sample) error { ids = append(ids, s.ID); return nil })
+	if fmt.Sprint(ids) != "[r0 r1]" {
+		t.Fatalf("captured %v, want [r0 r1]", ids)
+	}
+	if err := m2.Arm(dataset.Command{Type: "capture", Capture: capID, Model: "m", MaxSamples: 2, Permitted: &yes, Recipient: cpID.Recipient().String()}); err != nil || m2.Armed("m") {
+		t.Fatalf("a re-delivered command re-armed the capture: %v", err)
+	}
+	m2.OnAck(dataset.Ack{Type: "capture_ack", Capture: capID, Complete: true})
+	if _, err := os.Stat(filepath.Join(cfg.Dir, capID)); !os.IsNotExist(err) || len(m2.Pending()) != 0 {
+		t.Fatalf("capture not deleted after the complete ack: %v", err)
 	}
 }
