@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	"codeberg.org/sbinet/npyio/npy"
+
 	"github.com/edgefleet/edgefleet/internal/oip"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
@@ -118,6 +120,19 @@ func TestStack(t *testing.T) {
 			binary.Read(bytes.NewReader(b.Bytes()[len(h):]), binary.LittleEndian, got)
 			if !slices.Equal(got, tc.data) {
 				t.Fatalf("data %v, want %v", got, tc.data)
+			}
+			// An independent reader (the one bundle build uses for .npy samples) agrees.
+			r, err := npy.NewReader(bytes.NewReader(b.Bytes()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var shape []int64
+			for _, d := range r.Header.Descr.Shape {
+				shape = append(shape, int64(d))
+			}
+			var back []float32
+			if err := r.Read(&back); err != nil || strings.Trim(r.Header.Descr.Type, "'") != "<f4" || r.Header.Descr.Fortran || !slices.Equal(shape, tc.shape) || !slices.Equal(back, tc.data) {
+				t.Fatalf("npyio reads %v %s %v: %v", shape, r.Header.Descr.Type, back, err)
 			}
 		})
 	}
