@@ -22,6 +22,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgefleet/edgefleet/agent/capture"
 	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/agent/localmqtt"
 	"github.com/edgefleet/edgefleet/agent/spool"
@@ -77,6 +78,12 @@ type Config struct {
 	// LocalMQTT, when set, answers inference requests on the device's local broker.
 	LocalMQTT      string
 	LocalMQTTTopic string
+	// Sample capture (capturing.go): automatic captures every CaptureEvery and when a window's
+	// largest PSI against the bundle's reference passes CaptureDriftPSI (0: off), both only under
+	// the control plane's grant; CaptureBlockSize is the upload block (0: 64 KiB).
+	CaptureEvery     time.Duration
+	CaptureDriftPSI  float64
+	CaptureBlockSize int64
 }
 
 // Agent is one running device agent.
@@ -94,7 +101,10 @@ type Agent struct {
 	ota    *otaState
 	infTel *inferenceTelemetry
 	spool  *spool.Spool
-	runCtx context.Context
+	// capture holds armed sample captures and their uploads (capturing.go).
+	capture       *capture.Manager
+	captureDenied sync.Map // model -> logged that automatic captures are not permitted
+	runCtx        context.Context
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
 	// ListenAddr is the local API's address once Ready.
@@ -179,6 +189,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	var wg sync.WaitGroup
+	if err := a.startCapture(ctx, &wg); err != nil {
+		return err
+	}
 	if a.cfg.Listen != "" {
 		ln, err := net.Listen("tcp", a.cfg.Listen)
 		if err != nil {

@@ -28,6 +28,8 @@ func (a *Agent) handleCmd(payload []byte) {
 			return
 		}
 		a.log.Debug("feedback", "model", o.Model, "version", o.Version, "id", c.ID, "correct", o.Correct)
+	case "capture", "capture_policy", "capture_ack":
+		a.handleCaptureCmd(c.Type, payload) // capturing.go
 	default:
 		a.log.Debug("command not handled", "type", c.Type)
 	}

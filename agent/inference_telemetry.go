@@ -23,6 +23,7 @@ type inferenceTelemetry struct {
 	idle       map[string]int                  // bundle id -> consecutive windows without traffic
 	// outputShift returns a simulated output shift for a model version (fault injection).
 	outputShift func(name, version string) float64
+	refs        map[string]*drift.Reference // bundle id -> drift reference, when the bundle has one
 }
 
 func newInferenceTelemetry(shift func(name, version string) float64) *inferenceTelemetry {
@@ -48,6 +49,12 @@ func (it *inferenceTelemetry) collector(name, version, id, dir string, m *bundle
 		c, _ = telemetry.NewCollector(name, version, id, nil, time.Now())
 	}
 	it.collectors[id] = c
+	if ref != nil {
+		if it.refs == nil {
+			it.refs = map[string]*drift.Reference{}
+		}
+		it.refs[id] = ref // the drift capture trigger compares windows with it (capturing.go)
+	}
 	return c
 }
 
@@ -111,11 +118,16 @@ func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
 		// has been neither served nor used for a while.
 		if it.idle[id]++; !served[id] && it.idle[id] > 3 {
 			delete(it.collectors, id)
+			delete(it.refs, id)
 			delete(it.idle, id)
 		}
 	}
 	it.mu.Unlock()
 	for _, w := range windows {
+		it.mu.Lock()
+		ref := it.refs[w.Bundle]
+		it.mu.Unlock()
+		a.captureOnDrift(w, ref)
 		if err := a.SendTelemetry(ctx, telemetry.KindInference, w); err != nil && ctx.Err() == nil {
 			a.log.Debug("inference telemetry not sent", "model", w.Model, "err", err)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/blocksrv"
 	"github.com/edgefleet/edgefleet/controlplane/broker"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
+	"github.com/edgefleet/edgefleet/controlplane/datasets"
 	"github.com/edgefleet/edgefleet/controlplane/enroll"
 	"github.com/edgefleet/edgefleet/controlplane/extbroker"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
@@ -35,6 +36,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
+	"github.com/edgefleet/edgefleet/internal/dataset"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry/drift"
@@ -91,6 +93,10 @@ type Config struct {
 	// MosquittoDir, when set, receives the Mosquitto password and ACL files, rewritten after every
 	// enrollment and revocation (enroll.WriteMosquittoFiles).
 	MosquittoDir string
+	// DatasetSweep is how often datasets past their group's retention are deleted (default 1m);
+	// Clock, when set, is the datasets' clock (retention tests).
+	DatasetSweep time.Duration
+	Clock        func() time.Time
 }
 
 // RetrainConfig says where retraining events go and when they fire.
@@ -191,6 +197,23 @@ func Run(ctx context.Context, cfg Config) error {
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
 	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	// A completed dataset is a retraining event when a webhook is configured (set below).
+	var retrainNotifier *retrain.Notifier
+	onDataset := func(ctx context.Context, r datasets.Record) {
+		if retrainNotifier == nil {
+			return
+		}
+		d := retrain.Data{Model: r.Model, Version: r.Version, Bundle: r.Bundle, Groups: []string{r.Group},
+			Reason: fmt.Sprintf("dataset of %d samples captured (%s: %s)", r.Samples, r.Trigger, r.Reason), Datasets: []string{r.ID}}
+		if _, err := retrainNotifier.Notify(ctx, retrain.TypeDataset, d); err != nil {
+			log.Warn("retraining event for a dataset not queued", "dataset", r.ID, "err", err)
+		}
+	}
+	dsets, err := openDatasets(cfg, st, ds, reg, publish, topics, log, onDataset) // sample capture (capture.go)
+	if err != nil {
+		return err
+	}
+	grantOnline := grantOnConnect(svcCtx, dsets, ds, reg, log)
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},
@@ -212,7 +235,7 @@ func Run(ctx context.Context, cfg Config) error {
 		wg.Add(2)
 		go func() { defer wg.Done(); n.Run(svcCtx) }()
 		go func() { defer wg.Done(); mon.Run(svcCtx, cmp.Or(cfg.Retrain.CheckEvery, 5*time.Minute)) }()
-		retrainAPI = n
+		retrainAPI, retrainNotifier = n, n
 	}
 	rollouts, err := rollout.New(rollout.Config{Store: st, Fleet: rolloutFleet{ds}, Metrics: metrics, Logger: log})
 	if err != nil {
@@ -227,7 +250,17 @@ func Run(ctx context.Context, cfg Config) error {
 			blocks.Handle(p.Device, payload)
 			return
 		}
+		if err == nil && p.Kind == wire.KindUpload && p.Sub == dataset.UploadSub {
+			dsets.Enqueue(p.Device, payload)
+			return
+		}
+		if err == nil && p.Kind == wire.KindCmdResult {
+			dsets.HandleResult(p.Device, payload)
+		}
 		herr := reg.HandleMessage(topic, payload)
+		if err == nil && herr == nil && p.Kind == wire.KindStatus {
+			grantOnline(p.Device, payload) // after the registry took the device's group from it
+		}
 		if err == nil && herr == nil && p.Kind == wire.KindTelemetry {
 			var m wire.Telemetry
 			if json.Unmarshal(payload, &m) == nil {
@@ -244,7 +277,8 @@ func Run(ctx context.Context, cfg Config) error {
 			rollouts.Poke() // rollouts: a device's install state or presence changed
 		}
 	}
-	wg.Add(2)
+	wg.Add(3)
+	go func() { defer wg.Done(); dsets.Run(svcCtx, cfg.DatasetSweep) }()
 	go func() { defer wg.Done(); blocks.Run(svcCtx) }()
 	go func() {
 		defer wg.Done()
@@ -347,6 +381,7 @@ func Run(ctx context.Context, cfg Config) error {
 			},
 			Enrollment: enrollAPI{svc: enr, broker: func() string { return deviceBroker(cfg, brokerURL) }, prefix: cfg.Prefix,
 				controlPEM: keys.control.PublicKeyPEM(), trustDoc: keys.trustEnvelope, disconnect: disconnect, log: log},
+			Datasets:       dsets,
 			AdminTokenHash: tokenHash, Logger: log,
 			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),

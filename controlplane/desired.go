@@ -54,6 +54,9 @@ type desiredService struct {
 
 	mu       sync.Mutex
 	carousel map[string]time.Time
+	// onCapture, when set, runs after a group's capture policy changed (capture.go sends it to
+	// the group's devices as their standing grant).
+	onCapture func(group string, p fleet.CapturePolicy)
 }
 
 // compatible reports why a device cannot run a bundle, or "" when it can (or cannot tell yet:

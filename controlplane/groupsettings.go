@@ -60,6 +60,9 @@ func (s *desiredService) UpdateSettings(ctx context.Context, group string, p fle
 		return nil, fmt.Errorf("update group %s: %w", group, err)
 	}
 	s.log.Info("group settings changed", "group", group, "production", g.Production, "capture", g.Capture.Enabled, "by", by)
+	if p.Capture != nil && s.onCapture != nil {
+		s.onCapture(group, g.Capture)
+	}
 	return g, nil
 }
 

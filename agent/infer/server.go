@@ -49,6 +49,7 @@ type Server struct {
 	MaxBody int64
 	bufs    sync.Pool               // request and response buffers of the HTTP front end
 	preds   map[string]*predictions // model name -> recent predictions by request id (feedback.go)
+	capture captureHook             // sample capture (capture.go)
 }
 
 // NewServer returns an empty server.
@@ -163,6 +164,9 @@ func (s *Server) Infer(ctx context.Context, name string, in []onnxrt.Tensor) ([]
 	}
 	defer m.release()
 	out, err := s.run(ctx, m, p, in)
+	if err == nil {
+		s.captureCall(m, "", in, out)
+	}
 	return out, m, err
 }
 
@@ -216,6 +220,7 @@ func (s *Server) call(ctx context.Context, name, version string, c *oip.Call) ([
 	out, err := s.run(ctx, m, p, c.Inputs)
 	if err == nil {
 		s.remember(m, c.ID, out)
+		s.captureCall(m, c.ID, c.Inputs, out)
 	}
 	if err != nil || len(c.Outputs) == 0 {
 		return out, m, err

@@ -106,6 +106,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	spoolAge := fs.Duration("spool-max-age", 7*24*time.Hour, "telemetry older than this is merged into coarse windows")
 	drainRate := fs.Float64("drain-rate", 20, "telemetry messages per second when catching up after a disconnect")
 	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
+	captureEvery := fs.Duration("capture-every", 0, "capture samples of every served model this often, only where the group's capture policy allows it (0: off)")
+	captureDrift := fs.Float64("capture-drift-psi", 0, "capture samples of a model when a telemetry window's largest PSI against its bundle's reference passes this, only where the group's capture policy allows it (0: off)")
+	captureBlock := fs.Int64("capture-block-size", 0, "bytes per block when uploading captured samples (0: 64 KiB)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
@@ -179,6 +182,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
 		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
 		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,
+		CaptureEvery: *captureEvery, CaptureDriftPSI: *captureDrift, CaptureBlockSize: *captureBlock,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})
 	if err != nil {

@@ -111,6 +111,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	retrainAcc := fs.Float64("retrain-accuracy-min", 0, "fire a retraining event when a group's accuracy from feedback falls below this (0: off)")
 	retrainEvery := fs.Duration("retrain-every", 0, "fire a scheduled retraining event per model this often (0: off)")
 	retrainCheck := fs.Duration("retrain-check-interval", 5*time.Minute, "how often drift and accuracy are checked against the retraining triggers")
+	datasetSweep := fs.Duration("dataset-sweep", time.Minute, "how often captured datasets past their group's capture retention are deleted")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	metricsPublic := fs.Bool("metrics-public", false, "serve /metrics without a token (default: a viewer token is needed)")
 	requireCreds := fs.Bool("require-device-credentials", false, "embedded broker: refuse devices without enrolled credentials (recommended in production; off for the loopback demo)")
@@ -136,6 +137,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MetricsPublic:            *metricsPublic,
 		RequireDeviceCredentials: *requireCreds, PublicURL: *publicURL, DeviceBroker: *deviceBroker, MosquittoDir: *mosquittoDir,
 		EncryptionKey: *encryptionKey,
+		DatasetSweep:  *datasetSweep,
 		Ready: func(i controlplane.Info) {
 			tok := i.AdminTokenFile
 			if tok == "" {

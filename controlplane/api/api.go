@@ -43,6 +43,8 @@ type Config struct {
 	// Enrollment issues enrollment tokens, redeems them and revokes devices (enroll.go); its
 	// routes answer 501 when nil.
 	Enrollment Enrollment
+	// Datasets is sample capture (datasets.go); its routes answer 501 when nil.
+	Datasets Datasets
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
@@ -114,6 +116,7 @@ func New(cfg Config) http.Handler {
 	h.rolloutRoutes(v1)
 	h.tokenRoutes(v1) // tokens.go
 	h.enrollRoutes(r, v1)
+	h.datasetRoutes(v1)
 	return r
 }
 

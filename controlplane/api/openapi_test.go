@@ -19,6 +19,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/audit"
 	"github.com/edgefleet/edgefleet/controlplane/auth"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
+	"github.com/edgefleet/edgefleet/controlplane/datasets"
 	"github.com/edgefleet/edgefleet/controlplane/fleet"
 	"github.com/edgefleet/edgefleet/controlplane/ingest"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
@@ -233,6 +234,7 @@ func TestOpenAPIMatchesGoTypes(t *testing.T) {
 		"APIToken": auth.Token{}, "CreatedToken": api.CreatedToken{},
 		"EnrollmentRequest": api.EnrollmentRequest{}, "EnrollmentCreated": api.EnrollmentCreated{},
 		"EnrollRequest": enroll.Request{}, "EnrollResponse": enroll.Response{},
+		"Dataset": datasets.Record{}, "CaptureRequest": api.CaptureRequest{},
 	}
 	schemas := doc["components"].(map[string]any)["schemas"].(map[string]any)
 	for _, name := range sortedKeys(types) {

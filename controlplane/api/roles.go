@@ -72,6 +72,9 @@ var routeRoles = map[string]auth.Role{
 	"POST /api/v1/devices/:id/capture": auth.Operator,
 	"GET /api/v1/datasets":             auth.Viewer,
 	"GET /api/v1/datasets/:id":         auth.Viewer,
+	// Captured samples can hold personal data: reading them is an operator's act, like capturing.
+	"GET /api/v1/datasets/:id/samples": auth.Operator,
+	"DELETE /api/v1/datasets/:id":      auth.Operator,
 }
 
 // RouteRoles returns a copy of the route table (for tests and documentation).

@@ -109,6 +109,10 @@ type CPOptions struct {
 	// RequireDeviceCredentials and MosquittoDir: see controlplane.Config (enrollment).
 	RequireDeviceCredentials bool
 	MosquittoDir             string
+
+	// DatasetSweep and Clock: the dataset retention sweeper's interval and clock.
+	DatasetSweep time.Duration
+	Clock        func() time.Time
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -125,6 +129,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin, Retrain: o.Retrain,
 		RequireDeviceCredentials: o.RequireDeviceCredentials, MosquittoDir: o.MosquittoDir,
+		DatasetSweep: o.DatasetSweep, Clock: o.Clock,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)

@@ -70,6 +70,9 @@ func (t Topics) CmdResult(id string) string {
 func (t Topics) BlocksReq(id string) string { return t.device(id, "blocks/req") }
 func (t Topics) Blocks(id string) string    { return t.device(id, "blocks") }
 func (t Topics) Trust() string              { return t.Prefix + "/trust" }
+
+// Upload is a device's upload topic for what sub names (e.g. "capture").
+func (t Topics) Upload(id, sub string) string { return t.device(id, "upload/"+sub) }
 func (t Topics) Carousel(bundle string) string {
 	return t.Prefix + "/bundles/" + bundle + "/carousel"
 }
