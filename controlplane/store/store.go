@@ -1,8 +1,8 @@
 // Package store is the control plane's persistence boundary: a small transactional key-value
-// interface with a bbolt implementation (the default, one machine) and an in-memory one (tests,
-// ephemeral runs). Callers see buckets of keys holding bytes; they never see bbolt. The same
-// conformance suite (storetest) runs against every implementation, so a distributed backend can be
-// added later as configuration, not a rewrite.
+// interface with a bbolt implementation (the default, one machine), an in-memory one (tests,
+// ephemeral runs) and an etcd one (store/etcdstore, several control-plane replicas). Callers see
+// buckets of keys holding bytes; they never see bbolt or etcd. The same conformance suite
+// (storetest) runs against every implementation.
 package store
 
 import (
@@ -16,8 +16,10 @@ var ErrNotFound = errors.New("not found")
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("store closed")
 
-// Store runs transactions. Update's function runs with exclusive write access and its writes are
-// applied all or nothing: a returned error discards them.
+// Store runs transactions. Update's function runs as if it had exclusive write access and its
+// writes are applied all or nothing: a returned error discards them. An optimistic backend
+// (etcdstore) runs the function again when a concurrent writer changed what it read, so the
+// function must not keep side effects of an earlier run.
 type Store interface {
 	View(ctx context.Context, fn func(Tx) error) error
 	Update(ctx context.Context, fn func(Tx) error) error
