@@ -67,6 +67,12 @@ type Config struct {
 	Logger             *slog.Logger
 	// Ready, when set, is called once everything listens.
 	Ready func(Info)
+	// Store is the metadata store: "bbolt" (default: DATA/controlplane.db, one process) or
+	// "etcd" (Etcd; several replicas, which elect the one that runs the singletons).
+	Store string
+	Etcd  EtcdConfig
+	// ReplicaID names this replica in leader election (default: host name and a random suffix).
+	ReplicaID string
 }
 
 // Info tells where a running control plane listens.
@@ -115,7 +121,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "controlplane.db"))
+	st, lead, err := openStore(ctx, cfg, replicaID(cfg), log)
 	if err != nil {
 		return err
 	}
@@ -187,23 +193,8 @@ func Run(ctx context.Context, cfg Config) error {
 			rollouts.Poke() // rollouts: a device's install state or presence changed
 		}
 	}
-	wg.Add(2)
+	wg.Add(1)
 	go func() { defer wg.Done(); blocks.Run(svcCtx) }()
-	go func() {
-		defer wg.Done()
-		refresh := time.NewTicker(time.Hour)
-		defer refresh.Stop()
-		for {
-			select {
-			case <-svcCtx.Done():
-				return
-			case dev := <-events:
-				ds.onReported(svcCtx, dev)
-			case <-refresh.C:
-				assigner.RefreshExpiring(svcCtx)
-			}
-		}
-	}()
 
 	var brokerURL string
 	if len(cfg.Broker.URLs) > 0 {
@@ -240,10 +231,34 @@ func Run(ctx context.Context, cfg Config) error {
 	// Rollouts start once the broker is up, so the actions replayed from the outbox reach devices,
 	// and stop with ctx, before the broker closes: the fleet dropping off a stopping control plane
 	// is not evidence against a rollout.
+	// They are singletons, like the re-issuer of desired states (devices that report an old
+	// generation or lack their group's baseline, and states about to expire): they run on the
+	// leader only (always this process with bbolt) and stop when it loses the lead, so that
+	// replicas sharing a broker do not each answer the same report.
 	roCtx, stopRollouts := context.WithCancel(ctx)
 	defer stopRollouts()
 	wg.Add(1)
-	go func() { defer wg.Done(); rollouts.Run(roCtx) }()
+	go func() {
+		defer wg.Done()
+		lead.Lead(roCtx, func(ctx context.Context) {
+			var lwg sync.WaitGroup
+			lwg.Add(1)
+			go func() { defer lwg.Done(); rollouts.Run(ctx) }()
+			refresh := time.NewTicker(time.Hour)
+			defer refresh.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					lwg.Wait()
+					return
+				case dev := <-events:
+					ds.onReported(ctx, dev)
+				case <-refresh.C:
+					assigner.RefreshExpiring(ctx)
+				}
+			}
+		})
+	}()
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -254,7 +269,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},
-			AdminTokenHash: tokenHash, Logger: log,
+			AdminTokenHash: tokenHash, Logger: log, Cluster: clusterAPI{lead: lead, store: cfg.Store},
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

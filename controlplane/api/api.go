@@ -40,6 +40,8 @@ type Config struct {
 	Command CommandFunc
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
+	// Cluster reports the replica and the leader; GET /api/v1/cluster answers 501 when nil.
+	Cluster Cluster
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
 	AdminTokenHash [32]byte
 	Logger         *slog.Logger
@@ -93,6 +95,7 @@ func New(cfg Config) http.Handler {
 	v1.GET("/bundles/:id", h.getBundle)
 	v1.PUT("/bundles/:id/stage", h.setStage)
 	h.rolloutRoutes(v1)
+	v1.GET("/cluster", h.getCluster)
 	return r
 }
 

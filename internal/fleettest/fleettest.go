@@ -105,6 +105,10 @@ type CPOptions struct {
 	ControlKey           string
 	BundleBytesPerSecond int
 	CarouselMin          int
+	// Store, Etcd and ReplicaID select the metadata store and name the replica (controlplane.Config).
+	Store     string
+	Etcd      controlplane.EtcdConfig
+	ReplicaID string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -120,6 +124,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		DataDir: o.DataDir, HTTPAddr: "127.0.0.1:0", MQTTListen: o.MQTT, Broker: o.Broker,
 		AdminToken: "test-admin-token", Logger: Quiet(t), TrustKeys: o.TrustKeys, TrustDoc: o.TrustDoc, ControlKey: o.ControlKey,
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin,
+		Store: o.Store, Etcd: o.Etcd, ReplicaID: o.ReplicaID,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)

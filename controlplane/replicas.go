@@ -1,0 +1,98 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/controlplane/leader"
+	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/controlplane/store/etcdstore"
+)
+
+// Store backends (Config.Store, --store).
+const (
+	StoreBolt = "bbolt"
+	StoreEtcd = "etcd"
+)
+
+// EtcdConfig selects the etcd cluster that holds the metadata of several replicas.
+type EtcdConfig struct {
+	// Endpoints are the client URLs of the members.
+	Endpoints []string
+	// Prefix is the key prefix (default "edgefleet"); the replicas of one control plane share it.
+	Prefix string
+	// LeaderTTL is how long a crashed leader keeps its term (default 10 s).
+	LeaderTTL time.Duration
+}
+
+// Leadership decides whether this replica runs the singletons: the work that must run once per
+// fleet (the rollout controller, the re-issuer of expiring desired states).
+type Leadership interface {
+	// Lead runs fn whenever this replica leads, with a context that ends when it stops leading;
+	// it returns when ctx ends.
+	Lead(ctx context.Context, fn func(context.Context))
+	Status(ctx context.Context) leader.Status
+}
+
+// openStore opens the configured metadata store and the leadership that goes with it: a bbolt
+// file belongs to one process, which therefore always leads; an etcd cluster is shared, and its
+// replicas elect a leader.
+func openStore(ctx context.Context, cfg Config, id string, log *slog.Logger) (store.Store, Leadership, error) {
+	switch cfg.Store {
+	case "", StoreBolt:
+		st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "controlplane.db"))
+		if err != nil {
+			return nil, nil, err
+		}
+		return st, leader.Single{ID: id}, nil
+	case StoreEtcd:
+		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cfg.Etcd.Endpoints, Prefix: cfg.Etcd.Prefix})
+		if err != nil {
+			return nil, nil, err
+		}
+		ttl := cfg.Etcd.LeaderTTL
+		if ttl <= 0 {
+			ttl = 10 * time.Second
+		}
+		return st, leader.NewEtcd(st.Client(), st.Prefix()+"/_leader/controller", id, ttl, log), nil
+	default:
+		return nil, nil, fmt.Errorf("unknown store %q: use --store bbolt (one machine) or --store etcd (several replicas)", cfg.Store)
+	}
+}
+
+// replicaID is Config.ReplicaID, or the host name with a random suffix, so that two replicas on
+// one host differ.
+func replicaID(cfg Config) string {
+	if cfg.ReplicaID != "" {
+		return cfg.ReplicaID
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "controlplane"
+	}
+	b := make([]byte, 3)
+	rand.Read(b)
+	return host + "-" + hex.EncodeToString(b)
+}
+
+// clusterAPI serves GET /api/v1/cluster.
+type clusterAPI struct {
+	lead  Leadership
+	store string
+}
+
+func (c clusterAPI) Cluster(ctx context.Context) api.ClusterStatus {
+	st := c.lead.Status(ctx)
+	store := c.store
+	if store == "" {
+		store = StoreBolt
+	}
+	return api.ClusterStatus{Replica: st.Replica, Leader: st.Leader, IsLeader: st.IsLeader, Store: store, Error: st.Error}
+}
