@@ -121,11 +121,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	st, lead, err := openStore(ctx, cfg, replicaID(cfg), log)
+	replica := replicaID(cfg)
+	stores, err := openStore(ctx, cfg, replica, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer stores.Close()
+	st, lead := stores.meta, stores.lead
 
 	reg, err := fleet.Open(ctx, st, topics, log)
 	if err != nil {
@@ -159,7 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
-	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	ing := ingest.New(stores.telemetry, publish, topics, cfg.TelemetryRetention, log)
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{}}
@@ -201,6 +203,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.Broker.ClientID == "" {
 			// Not a valid device id (leading '_'), so no device can take over our session.
 			cfg.Broker.ClientID = "_edgefleet-controlplane"
+			if cfg.Store == StoreEtcd {
+				// Replicas share the broker: one client id each, or they take each other's session.
+				cfg.Broker.ClientID += "-" + replica
+			}
 		}
 		c, err := extbroker.Connect(ctx, cfg.Broker, topics.FleetFilters(), dispatch, log)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -41,29 +42,54 @@ type Leadership interface {
 	Status(ctx context.Context) leader.Status
 }
 
+// stores are what openStore opened.
+type stores struct {
+	meta store.Store
+	// telemetry holds telemetry history: the metadata store with bbolt; with etcd, which is built
+	// for small metadata (1.5 MiB requests, 2 GiB default quota), a bbolt file of the replica's
+	// own (DATA/telemetry.db). Every replica receives all telemetry on its own subscription, so
+	// each one's history is complete; a store that replicas share belongs here when one exists.
+	telemetry store.Store
+	lead      Leadership
+}
+
+func (s stores) Close() error {
+	err := s.meta.Close()
+	if s.telemetry != s.meta {
+		err = errors.Join(err, s.telemetry.Close())
+	}
+	return err
+}
+
 // openStore opens the configured metadata store and the leadership that goes with it: a bbolt
 // file belongs to one process, which therefore always leads; an etcd cluster is shared, and its
 // replicas elect a leader.
-func openStore(ctx context.Context, cfg Config, id string, log *slog.Logger) (store.Store, Leadership, error) {
+func openStore(ctx context.Context, cfg Config, id string, log *slog.Logger) (stores, error) {
 	switch cfg.Store {
 	case "", StoreBolt:
 		st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "controlplane.db"))
 		if err != nil {
-			return nil, nil, err
+			return stores{}, err
 		}
-		return st, leader.Single{ID: id}, nil
+		return stores{meta: st, telemetry: st, lead: leader.Single{ID: id}}, nil
 	case StoreEtcd:
 		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cfg.Etcd.Endpoints, Prefix: cfg.Etcd.Prefix})
 		if err != nil {
-			return nil, nil, err
+			return stores{}, err
+		}
+		tel, err := store.OpenBolt(filepath.Join(cfg.DataDir, "telemetry.db"))
+		if err != nil {
+			st.Close()
+			return stores{}, err
 		}
 		ttl := cfg.Etcd.LeaderTTL
 		if ttl <= 0 {
 			ttl = 10 * time.Second
 		}
-		return st, leader.NewEtcd(st.Client(), st.Prefix()+"/_leader/controller", id, ttl, log), nil
+		lead := leader.NewEtcd(st.Client(), st.Prefix()+"/_leader/controller", id, ttl, log)
+		return stores{meta: st, telemetry: tel, lead: lead}, nil
 	default:
-		return nil, nil, fmt.Errorf("unknown store %q: use --store bbolt (one machine) or --store etcd (several replicas)", cfg.Store)
+		return stores{}, fmt.Errorf("unknown store %q: use --store bbolt (one machine) or --store etcd (several replicas)", cfg.Store)
 	}
 }
 

@@ -1,14 +1,17 @@
 package controlplane_test
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
+	"github.com/edgefleet/edgefleet/internal/brokertest"
 	"github.com/edgefleet/edgefleet/internal/etcdtest"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
+	"github.com/edgefleet/edgefleet/internal/mqttc"
 )
 
 func clusterStatus(t *testing.T, cp *fleettest.ControlPlane) api.ClusterStatus {
@@ -20,15 +23,36 @@ func clusterStatus(t *testing.T, cp *fleettest.ControlPlane) api.ClusterStatus {
 	return st
 }
 
-// TestReplicasOnEtcd: two control planes share one 3-member etcd cluster. Both serve the API on
-// the same metadata; exactly one leads (runs the rollout controller and the desired-state
-// re-issuer); when the leader stops, the other takes over.
+// onlineCount is how many devices the control plane's registry shows online.
+func onlineCount(cp *fleettest.ControlPlane) int {
+	n := 0
+	for _, d := range cp.Devices() {
+		if d.Online {
+			n++
+		}
+	}
+	return n
+}
+
+// TestReplicasOnEtcd: two control planes share one 3-member etcd cluster and one Mosquitto, with
+// simulated devices on it. Both serve the API on the same metadata and see the fleet; exactly
+// one leads (runs the rollout controller and the desired-state re-issuer); when the leader stops,
+// the other takes over.
 func TestReplicasOnEtcd(t *testing.T) {
 	c := etcdtest.StartCluster(t, 3)
+	m := brokertest.StartMosquitto(t, brokertest.MosquittoOptions{})
 	etcd := controlplane.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "replicas", LeaderTTL: time.Second}
-	a := fleettest.StartControlPlane(t, fleettest.CPOptions{Store: controlplane.StoreEtcd, Etcd: etcd, ReplicaID: "cp-a"})
+	opts := fleettest.CPOptions{Store: controlplane.StoreEtcd, Etcd: etcd, ReplicaID: "cp-a", Broker: mqttc.Config{URLs: []string{m.URL()}}}
+	a := fleettest.StartControlPlane(t, opts)
 	fleettest.Eventually(t, 60*time.Second, "cp-a to lead", func() bool { return clusterStatus(t, a).IsLeader })
-	b := fleettest.StartControlPlane(t, fleettest.CPOptions{Store: controlplane.StoreEtcd, Etcd: etcd, ReplicaID: "cp-b"})
+	// The replicas sign desired states with the same control key: devices trust one.
+	opts.ReplicaID, opts.ControlKey = "cp-b", filepath.Join(a.Cfg.DataDir, "control.key")
+	b := fleettest.StartControlPlane(t, opts)
+	const n = 5
+	fleettest.Simulate(t, a, m.URL(), fleettest.NewKeys(t), n, "--groups", "line-a")
+	for _, cp := range []*fleettest.ControlPlane{a, b} {
+		fleettest.Eventually(t, 60*time.Second, "every device online on both replicas", func() bool { return onlineCount(cp) == n })
+	}
 
 	for _, cp := range []*fleettest.ControlPlane{a, b} {
 		st := clusterStatus(t, cp)
@@ -60,6 +84,9 @@ func TestReplicasOnEtcd(t *testing.T) {
 		st := clusterStatus(t, b)
 		return st.IsLeader && st.Leader == "cp-b"
 	})
+	if got := onlineCount(b); got != n {
+		t.Fatalf("after cp-a stopped, cp-b shows %d of %d devices online", got, n)
+	}
 }
 
 // TestSingleProcessAlwaysLeads: with the default bbolt store the process is alone and leads.

@@ -144,14 +144,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 	}
 	r.dirty = map[string]bool{}
 	r.mu.Unlock()
-	err := r.st.Update(ctx, func(tx store.Tx) error {
-		for id, b := range batch {
-			if err := tx.Put(bucketDevices, id, b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err := r.write(ctx, batch)
 	if err != nil {
 		// Put them back so the next flush retries; newer changes already in dirty stay.
 		r.mu.Lock()
@@ -160,6 +153,37 @@ func (r *Registry) Flush(ctx context.Context) error {
 		}
 		r.mu.Unlock()
 		return fmt.Errorf("flush %d devices: %w", len(batch), err)
+	}
+	return nil
+}
+
+// write stores the batch: in one transaction, or, on a store that caps transactions (etcd), in
+// several; devices are independent of each other, so a crash between them loses nothing that the
+// next flush does not write again.
+func (r *Registry) write(ctx context.Context, batch map[string][]byte) error {
+	per := store.WritesPerTx(r.st)
+	if per <= 0 {
+		per = len(batch)
+	}
+	ids := make([]string, 0, len(batch))
+	for id := range batch {
+		ids = append(ids, id)
+	}
+	for len(ids) > 0 {
+		n := min(per, len(ids))
+		chunk := ids[:n]
+		ids = ids[n:]
+		err := r.st.Update(ctx, func(tx store.Tx) error {
+			for _, id := range chunk {
+				if err := tx.Put(bucketDevices, id, batch[id]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }

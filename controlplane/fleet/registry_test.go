@@ -172,3 +172,50 @@ func TestPersistsAcrossReopen(t *testing.T) {
 		t.Fatalf("groups %+v", g)
 	}
 }
+
+// capped is a store that takes at most max writes per transaction, like etcd's --max-txn-ops.
+type capped struct {
+	*store.Memory
+	max     int
+	updates int
+}
+
+func (c *capped) MaxWritesPerTx() int { return c.max }
+
+func (c *capped) Update(ctx context.Context, fn func(store.Tx) error) error {
+	c.updates++
+	return c.Memory.Update(ctx, func(tx store.Tx) error {
+		ct := &countingTx{Tx: tx}
+		if err := fn(ct); err != nil {
+			return err
+		}
+		if ct.writes > c.max {
+			return fmt.Errorf("%d writes in one transaction, the store takes %d", ct.writes, c.max)
+		}
+		return nil
+	})
+}
+
+type countingTx struct {
+	store.Tx
+	writes int
+}
+
+func (c *countingTx) Put(b, k string, v []byte) error { c.writes++; return c.Tx.Put(b, k, v) }
+
+// TestFlushSplitsForCappedStores: a flush of more devices than a transaction may hold is split,
+// and every device is stored.
+func TestFlushSplitsForCappedStores(t *testing.T) {
+	st := &capped{Memory: store.NewMemory(), max: 3}
+	r := newRegistry(t, st)
+	for i := 0; i < 10; i++ {
+		r.HandleMessage(topics.Status(fmt.Sprintf("dev-%d", i)), status("online", 1, "g"))
+	}
+	st.updates = 0
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(newRegistry(t, st).List(Filter{Group: "g"})); n != 10 || st.updates != 4 {
+		t.Fatalf("%d devices stored in %d transactions, want 10 in 4", n, st.updates)
+	}
+}

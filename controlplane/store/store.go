@@ -39,3 +39,18 @@ type Tx interface {
 
 // ErrStop can be returned from a ForEach callback to end the walk early without an error.
 var ErrStop = errors.New("stop iteration")
+
+// Capped is implemented by stores that bound the writes of one transaction (etcd: its
+// --max-txn-ops, default 128). Callers that write many independent keys at once (the registry's
+// flush) split them into transactions of at most WritesPerTx.
+type Capped interface {
+	MaxWritesPerTx() int
+}
+
+// WritesPerTx is s's cap on the writes of one transaction, or 0 when it has none.
+func WritesPerTx(s Store) int {
+	if c, ok := s.(Capped); ok {
+		return c.MaxWritesPerTx()
+	}
+	return 0
+}

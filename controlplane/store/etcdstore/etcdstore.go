@@ -69,7 +69,8 @@ type Config struct {
 	// RequestTimeout bounds each request to etcd (default 10 s), so that an unreachable cluster
 	// fails an operation instead of hanging it.
 	RequestTimeout time.Duration
-	// MaxRequestBytes is the cluster's --max-request-bytes (default MaxRequestBytes).
+	// MaxRequestBytes bounds one value with its key (default MaxRequestBytes, etcd's default
+	// request limit): metadata values stay small even on a cluster whose limit was raised.
 	MaxRequestBytes int
 }
 
@@ -143,6 +144,10 @@ func (s *Store) Client() *clientv3.Client { return s.cli }
 
 // Prefix is the key prefix in use.
 func (s *Store) Prefix() string { return s.prefix }
+
+// MaxWritesPerTx is how many independent writes a caller should put in one transaction: well
+// under etcd's default --max-txn-ops (128), leaving room for the bookkeeping keys.
+func (s *Store) MaxWritesPerTx() int { return 100 }
 
 // Conflicts counts Update attempts that lost to a concurrent writer and ran again.
 func (s *Store) Conflicts() int64 { return s.conflicts.Load() }
@@ -492,9 +497,6 @@ func (t *tx) commit() (bool, error) {
 	for b, n := range t.seq {
 		ops = append(ops, clientv3.OpPut(t.s.seqKey(b), strconv.FormatUint(n, 10)))
 	}
-	if size > t.s.maxRequest-requestOverhead {
-		return false, fmt.Errorf("etcd store: transaction writes %d bytes in %d keys; etcd takes at most %d bytes per request (its --max-request-bytes): write in smaller transactions", size, len(t.writes), t.s.maxRequest)
-	}
 	ctx, cancel := context.WithTimeout(t.ctx, t.s.reqTimeout)
 	defer cancel()
 	resp, err := t.s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
@@ -502,7 +504,7 @@ func (t *tx) commit() (bool, error) {
 	case errors.Is(err, rpctypes.ErrTooManyOps):
 		return false, fmt.Errorf("etcd store: transaction of %d writes and %d conditions is more than etcd allows (its --max-txn-ops, default 128): raise --max-txn-ops on every member or write in smaller transactions: %w", len(ops), len(cmps), err)
 	case errors.Is(err, rpctypes.ErrRequestTooLarge):
-		return false, fmt.Errorf("etcd store: transaction of %d bytes is larger than etcd's --max-request-bytes: %w", size, err)
+		return false, fmt.Errorf("etcd store: transaction of %d bytes in %d writes is larger than etcd's --max-request-bytes (default 1.5 MiB): raise it on every member or write in smaller transactions: %w", size, len(ops), err)
 	case errors.Is(err, rpctypes.ErrNoSpace):
 		return false, fmt.Errorf("etcd store: etcd is out of space (its --quota-backend-bytes; compact and defragment, see docs/OPERATIONS.md): %w", err)
 	case err != nil:
