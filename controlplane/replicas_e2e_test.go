@@ -39,7 +39,7 @@ func onlineCount(cp *fleettest.ControlPlane) int {
 // one leads (runs the rollout controller and the desired-state re-issuer); when the leader stops,
 // the other takes over.
 func TestReplicasOnEtcd(t *testing.T) {
-	c := etcdtest.StartCluster(t, 3)
+	c := etcdtest.StartCluster(t, 3, etcdtest.Recommended...)
 	m := brokertest.StartMosquitto(t, brokertest.MosquittoOptions{})
 	etcd := controlplane.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "replicas", LeaderTTL: time.Second}
 	opts := fleettest.CPOptions{Store: controlplane.StoreEtcd, Etcd: etcd, ReplicaID: "cp-a", Broker: mqttc.Config{URLs: []string{m.URL()}}}

@@ -53,6 +53,17 @@ func Require(t testing.TB) string {
 	return ""
 }
 
+// Recommended are the member flags docs/OPERATIONS.md asks of a cluster that holds a control
+// plane's metadata: a rollout stage writes one outbox entry per device in one transaction, which
+// etcd's defaults (128 operations, 1.5 MiB) cap at about a hundred devices.
+var Recommended = []string{
+	"--max-txn-ops", "20000",
+	"--max-request-bytes", "10485760",
+	"--auto-compaction-mode", "periodic",
+	"--auto-compaction-retention", "1h",
+	"--quota-backend-bytes", "8589934592",
+}
+
 // Cluster is a running etcd cluster of child processes.
 type Cluster struct {
 	Members []*Member
@@ -81,10 +92,11 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// StartCluster starts n members with data in t.TempDir() on free loopback ports and waits until
-// every member reports healthy. The cluster is stopped by t.Cleanup; when the test failed, each
-// member's log tail goes to the test log.
-func StartCluster(t testing.TB, n int) *Cluster {
+// StartCluster starts n members with data in t.TempDir() on free loopback ports, etcd's default
+// limits and the extra flags given (e.g. Recommended...), and waits until every member reports
+// healthy. The cluster is stopped by t.Cleanup; when the test failed, each member's log tail goes
+// to the test log.
+func StartCluster(t testing.TB, n int, extra ...string) *Cluster {
 	t.Helper()
 	bin := Require(t)
 	ports := freePorts(t, 2*n)
@@ -132,6 +144,7 @@ func StartCluster(t testing.TB, n int) *Cluster {
 			"--log-outputs", "stderr",
 			"--log-level", "warn",
 		}
+		args = append(args, extra...)
 		if err := m.start(bin, args); err != nil {
 			t.Fatalf("etcdtest: start %s: %v", m.Name, err)
 		}

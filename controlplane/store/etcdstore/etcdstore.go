@@ -97,6 +97,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: dial,
+		// A rollout stage's transaction grows with the stage; the cluster's --max-request-bytes,
+		// not the client's 2 MiB default, should be the limit.
+		MaxCallSendMsgSize: 64 << 20,
 		// Failures reach the caller as errors; the client's own retry chatter would only repeat them.
 		Logger: zap.NewNop(),
 	})

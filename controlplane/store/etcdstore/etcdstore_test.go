@@ -196,6 +196,51 @@ func TestEtcdConformance(t *testing.T) {
 	})
 }
 
+// TestEtcdLargeTransactionOnRecommendedCluster: with the member flags docs/OPERATIONS.md asks
+// for, one transaction holds a rollout stage for 5,000 devices; on etcd's defaults the refusal
+// names the flag to raise.
+func TestEtcdLargeTransactionOnRecommendedCluster(t *testing.T) {
+	ctx := context.Background()
+	stage := func(s store.Store, n int) error {
+		return s.Update(ctx, func(tx store.Tx) error {
+			for i := 0; i < n; i++ {
+				seq, err := tx.NextSequence("rollout_outbox")
+				if err != nil {
+					return err
+				}
+				entry := fmt.Sprintf(`{"kind":"assign","assign":{"device":"sim-%05d","model":"wake","bundle":"sha256:%064d","rollout":"r-1"}}`, i, i)
+				if err := tx.Put("rollout_outbox", fmt.Sprintf("%020d", seq), []byte(entry)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	t.Run("recommended", func(t *testing.T) {
+		c := etcdtest.StartCluster(t, 3, etcdtest.Recommended...)
+		s, _ := openStore(t, c)
+		defer s.Close()
+		if err := stage(s, 5000); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		s.View(ctx, func(tx store.Tx) error {
+			return tx.ForEach("rollout_outbox", "", func(string, []byte) error { n++; return nil })
+		})
+		if n != 5000 {
+			t.Fatalf("%d outbox entries stored, want 5000", n)
+		}
+	})
+	t.Run("defaults", func(t *testing.T) {
+		c := etcdtest.StartCluster(t, 3)
+		s, _ := openStore(t, c)
+		defer s.Close()
+		if err := stage(s, 500); err == nil || !strings.Contains(err.Error(), "--max-txn-ops") {
+			t.Fatalf("500 writes on etcd's defaults: %v, want a refusal naming --max-txn-ops", err)
+		}
+	})
+}
+
 func TestEtcdUnreachable(t *testing.T) {
 	_, err := etcdstore.Open(context.Background(), etcdstore.Config{Endpoints: []string{"http://127.0.0.1:1"}, DialTimeout: 500e6})
 	if err == nil || !strings.Contains(err.Error(), "majority") {
