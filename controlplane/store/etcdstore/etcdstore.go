@@ -166,20 +166,14 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// View runs fn on a consistent snapshot. Reads are linearizable: the snapshot is at least as new
-// as any Update that returned before View began.
+// View runs fn once on a consistent snapshot. Reads are linearizable: the snapshot is at least as
+// new as any Update that returned before View began. A walk that outlives etcd's compaction of
+// its snapshot fails (callers of View collect results as they go, so it is not run again).
 func (s *Store) View(ctx context.Context, fn func(store.Tx) error) error {
-	for attempt := 0; ; attempt++ {
-		if err := s.usable(ctx); err != nil {
-			return err
-		}
-		t := &tx{s: s, ctx: ctx}
-		err := fn(t)
-		if t.compacted && attempt < maxAttempts {
-			continue // the snapshot was compacted away mid-walk: take a new one
-		}
+	if err := s.usable(ctx); err != nil {
 		return err
 	}
+	return fn(&tx{s: s, ctx: ctx})
 }
 
 // Update runs fn and commits its writes atomically if nothing it read changed meanwhile, else
