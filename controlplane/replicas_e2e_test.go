@@ -1,11 +1,14 @@
 package controlplane_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/edgefleet/edgefleet/agent/updater"
 	"github.com/edgefleet/edgefleet/controlplane"
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/brokertest"
@@ -95,5 +98,77 @@ func TestSingleProcessAlwaysLeads(t *testing.T) {
 	st := clusterStatus(t, cp)
 	if !st.IsLeader || st.Leader != "solo" || st.Store != "bbolt" {
 		t.Fatalf("bbolt control plane reports %+v", st)
+	}
+}
+
+// TestRolloutSurvivesLeaderStop: a staged rollout driven by the leader replica goes on, and
+// completes, on the other replica once the leader stops mid-rollout; the decisions of both
+// terms are in the one rollout record that etcd holds.
+func TestRolloutSurvivesLeaderStop(t *testing.T) {
+	const n = 10
+	fleettest.Models(t)
+	k := fleettest.NewKeys(t)
+	c := etcdtest.StartCluster(t, 3, etcdtest.Recommended...)
+	m := brokertest.StartMosquitto(t, brokertest.MosquittoOptions{})
+	opts := fleettest.CPOptions{Store: controlplane.StoreEtcd, ReplicaID: "cp-a", TrustKeys: []string{k.PubPath},
+		Etcd:   controlplane.EtcdConfig{Endpoints: c.Endpoints(), Prefix: "rollout", LeaderTTL: time.Second},
+		Broker: mqttc.Config{URLs: []string{m.URL()}}}
+	a := fleettest.StartControlPlane(t, opts)
+	fleettest.Eventually(t, 60*time.Second, "cp-a to lead", func() bool { return clusterStatus(t, a).IsLeader })
+	opts.ReplicaID, opts.ControlKey = "cp-b", filepath.Join(a.Cfg.DataDir, "control.key")
+	b := fleettest.StartControlPlane(t, opts)
+	fleettest.Simulate(t, a, m.URL(), k, n, "--groups", "line-a", "--rate", "10")
+
+	v1, id1 := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
+	v2, id2 := fleettest.RebuildWith(t, k, v1, "2.0.0", nil)
+	for _, cp := range []*fleettest.ControlPlane{a, b} { // bundle files live in each replica's DATA
+		cp.Push(v1)
+		cp.Push(v2)
+	}
+	fleettest.Eventually(t, 60*time.Second, "fleet online on both", func() bool { return onlineCount(a) == n && onlineCount(b) == n })
+	if code, body := a.Do("PUT", "/api/v1/groups/line-a/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
+		t.Fatalf("baseline: %d %s", code, body)
+	}
+	onBundle := func(cp *fleettest.ControlPlane, id string) int {
+		k := 0
+		for i := 1; i <= n; i++ {
+			if m := cp.Model(fmt.Sprintf("sim-%05d", i), "wake"); m.Active == id && m.State == updater.StepCommitted {
+				k++
+			}
+		}
+		return k
+	}
+	fleettest.Eventually(t, 120*time.Second, "fleet on v1", func() bool { return onBundle(b, id1) == n })
+
+	spec := `{"bundle": "wake@2.0.0", "target": {"groups": ["line-a"]},
+	  "stages": [{"devices": 2, "bake": "15s"}, {"percent": 100, "bake": "2s"}],
+	  "gates": {"min_samples": 1, "evaluations": 1}}`
+	var out struct{ ID string }
+	if code, body := a.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &out); code != 201 {
+		t.Fatalf("create: %d %s", code, body)
+	}
+	// The canaries take v2 under cp-a's lead; then cp-a stops, in the middle of the bake.
+	fleettest.Eventually(t, 120*time.Second, "canaries on v2", func() bool { return onBundle(b, id2) >= 2 })
+	var v struct {
+		State     string
+		Decisions []struct{ Action, Reason, By string }
+	}
+	a.Do("GET", "/api/v1/rollouts/"+out.ID, nil, &v)
+	if v.State != "running" || onBundle(b, id2) == n {
+		t.Fatalf("rollout %s with %d devices on v2 before the leader stopped; want it mid-way", v.State, onBundle(b, id2))
+	}
+	a.Stop()
+	fleettest.Eventually(t, 60*time.Second, "cp-b to take over", func() bool { return clusterStatus(t, b).IsLeader })
+	fleettest.Eventually(t, 180*time.Second, "rollout to end on cp-b", func() bool {
+		b.Do("GET", "/api/v1/rollouts/"+out.ID, nil, &v)
+		return v.State == "completed" || v.State == "rolled_back" || v.State == "failed"
+	})
+	if v.State != "completed" {
+		js, _ := json.MarshalIndent(v.Decisions, "", " ")
+		t.Fatalf("rollout ended %s after the leader stopped:\n%s", v.State, js)
+	}
+	fleettest.Eventually(t, 60*time.Second, "whole fleet on v2", func() bool { return onBundle(b, id2) == n })
+	for _, d := range v.Decisions {
+		t.Logf("decision: %s %s", d.Action, d.Reason)
 	}
 }
