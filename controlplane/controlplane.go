@@ -243,6 +243,10 @@ func Run(ctx context.Context, cfg Config) error {
 	// replicas sharing a broker do not each answer the same report.
 	roCtx, stopRollouts := context.WithCancel(ctx)
 	defer stopRollouts()
+	if stores.run != nil { // telemetry shard ownership among replicas (shown in GET /api/v1/cluster)
+		wg.Add(1)
+		go func() { defer wg.Done(); stores.run(roCtx) }()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -275,7 +279,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Command: func(ctx context.Context, device string, payload []byte) error {
 				return publish(ctx, topics.Cmd(device), payload, 1, false)
 			},
-			AdminTokenHash: tokenHash, Logger: log, Cluster: clusterAPI{lead: lead, store: cfg.Store},
+			AdminTokenHash: tokenHash, Logger: log, Cluster: clusterAPI{lead: lead, shards: stores.shards, store: cfg.Store},
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/leader"
+	"github.com/edgefleet/edgefleet/controlplane/shards"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/controlplane/store/etcdstore"
 )
@@ -51,6 +52,14 @@ type stores struct {
 	// each one's history is complete; a store that replicas share belongs here when one exists.
 	telemetry store.Store
 	lead      Leadership
+	// shards is this replica's share of the telemetry shards; run, when set, keeps it current.
+	shards Shards
+	run    func(context.Context)
+}
+
+// Shards tells which telemetry shards this replica holds.
+type Shards interface {
+	Owned() []int
 }
 
 func (s stores) Close() error {
@@ -71,7 +80,7 @@ func openStore(ctx context.Context, cfg Config, id string, log *slog.Logger) (st
 		if err != nil {
 			return stores{}, err
 		}
-		return stores{meta: st, telemetry: st, lead: leader.Single{ID: id}}, nil
+		return stores{meta: st, telemetry: st, lead: leader.Single{ID: id}, shards: shards.All{}}, nil
 	case StoreEtcd:
 		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: cfg.Etcd.Endpoints, Prefix: cfg.Etcd.Prefix})
 		if err != nil {
@@ -87,7 +96,8 @@ func openStore(ctx context.Context, cfg Config, id string, log *slog.Logger) (st
 			ttl = 10 * time.Second
 		}
 		lead := leader.NewEtcd(st.Client(), st.Prefix()+"/_leader/controller", id, ttl, log)
-		return stores{meta: st, telemetry: tel, lead: lead}, nil
+		sh := shards.NewEtcd(st.Client(), st.Prefix(), id, ttl, log)
+		return stores{meta: st, telemetry: tel, lead: lead, shards: sh, run: sh.Run}, nil
 	default:
 		return stores{}, fmt.Errorf("unknown store %q: use --store bbolt (one machine) or --store etcd (several replicas)", cfg.Store)
 	}
@@ -110,8 +120,9 @@ func replicaID(cfg Config) string {
 
 // clusterAPI serves GET /api/v1/cluster.
 type clusterAPI struct {
-	lead  Leadership
-	store string
+	lead   Leadership
+	shards Shards
+	store  string
 }
 
 func (c clusterAPI) Cluster(ctx context.Context) api.ClusterStatus {
@@ -120,5 +131,9 @@ func (c clusterAPI) Cluster(ctx context.Context) api.ClusterStatus {
 	if store == "" {
 		store = StoreBolt
 	}
-	return api.ClusterStatus{Replica: st.Replica, Leader: st.Leader, IsLeader: st.IsLeader, Store: store, Error: st.Error}
+	owned := c.shards.Owned()
+	if owned == nil {
+		owned = []int{}
+	}
+	return api.ClusterStatus{Replica: st.Replica, Leader: st.Leader, IsLeader: st.IsLeader, Store: store, Shards: owned, Error: st.Error}
 }

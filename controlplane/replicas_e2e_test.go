@@ -64,6 +64,11 @@ func TestReplicasOnEtcd(t *testing.T) {
 		}
 	}
 
+	// The telemetry shards are split between the live replicas.
+	fleettest.Eventually(t, 60*time.Second, "shards split 32/32", func() bool {
+		return len(clusterStatus(t, a).Shards) == 32 && len(clusterStatus(t, b).Shards) == 32
+	})
+
 	// One metadata store: what a call on cp-a records, cp-b reads.
 	a.Do("PUT", "/api/v1/devices/ghost-1/group", map[string]string{"group": "line-a"}, nil)
 	var audit struct {
@@ -87,6 +92,7 @@ func TestReplicasOnEtcd(t *testing.T) {
 		st := clusterStatus(t, b)
 		return st.IsLeader && st.Leader == "cp-b"
 	})
+	fleettest.Eventually(t, 60*time.Second, "cp-b to hold every shard", func() bool { return len(clusterStatus(t, b).Shards) == 64 })
 	if got := onlineCount(b); got != n {
 		t.Fatalf("after cp-a stopped, cp-b shows %d of %d devices online", got, n)
 	}
@@ -96,7 +102,7 @@ func TestReplicasOnEtcd(t *testing.T) {
 func TestSingleProcessAlwaysLeads(t *testing.T) {
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{ReplicaID: "solo"})
 	st := clusterStatus(t, cp)
-	if !st.IsLeader || st.Leader != "solo" || st.Store != "bbolt" {
+	if !st.IsLeader || st.Leader != "solo" || st.Store != "bbolt" || len(st.Shards) != 64 {
 		t.Fatalf("bbolt control plane reports %+v", st)
 	}
 }

@@ -22,6 +22,8 @@ type ClusterStatus struct {
 	IsLeader bool `json:"is_leader"`
 	// Store is the metadata store: bbolt or etcd.
 	Store string `json:"store"`
+	// Shards are the telemetry shards this replica holds (all of them when it runs alone).
+	Shards []int `json:"shards"`
 	// Error says why Leader is unknown.
 	Error string `json:"error,omitempty"`
 }
