@@ -146,6 +146,26 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); reg.Run(regCtx, time.Second) }()
 	defer func() { stopReg(); wg.Wait() }()
+	if cfg.Store == StoreEtcd {
+		// Groups set through another replica's API: adopt them (the device records each replica
+		// writes carry what that replica had).
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				if _, err := reg.SyncGroups(regCtx); err != nil && regCtx.Err() == nil {
+					log.Warn("reading groups set by other replicas failed; retrying", "err", err)
+				}
+				select {
+				case <-regCtx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
 
 	// The bus is created below, after the handlers that need to publish exist; publish is late-bound.
 	var fleetBus bus

@@ -87,6 +87,12 @@ func TestReplicasOnEtcd(t *testing.T) {
 		t.Fatalf("cp-b does not see the audit entry of a call made on cp-a: %+v", audit.Entries)
 	}
 
+	// A group set through cp-a reaches cp-b's registry, and cp-b's own flushes keep it.
+	if code, body := a.Do("PUT", "/api/v1/devices/sim-00001/group", map[string]string{"group": "line-b"}, nil); code != 200 {
+		t.Fatalf("set group on cp-a: %d %s", code, body)
+	}
+	fleettest.Eventually(t, 60*time.Second, "cp-b to see the new group", func() bool { return b.Devices()["sim-00001"].Group == "line-b" })
+
 	a.Stop()
 	fleettest.Eventually(t, 60*time.Second, "cp-b to take over", func() bool {
 		st := clusterStatus(t, b)
@@ -95,6 +101,9 @@ func TestReplicasOnEtcd(t *testing.T) {
 	fleettest.Eventually(t, 60*time.Second, "cp-b to hold every shard", func() bool { return len(clusterStatus(t, b).Shards) == 64 })
 	if got := onlineCount(b); got != n {
 		t.Fatalf("after cp-a stopped, cp-b shows %d of %d devices online", got, n)
+	}
+	if g := b.Devices()["sim-00001"].Group; g != "line-b" {
+		t.Fatalf("group set through cp-a is %q on cp-b after a while", g)
 	}
 }
 

@@ -219,3 +219,36 @@ func TestFlushSplitsForCappedStores(t *testing.T) {
 		t.Fatalf("%d devices stored in %d transactions, want 10 in 4", n, st.updates)
 	}
 }
+
+// TestSyncGroupsAdoptsNewerChoices: two registries on one store (two replicas): a group set
+// through one reaches the other, and the other's older record does not win it back.
+func TestSyncGroupsAdoptsNewerChoices(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	a, b := newRegistry(t, st), newRegistry(t, st)
+	for _, r := range []*Registry{a, b} {
+		r.HandleMessage(topics.Status("dev-1"), status("online", 1, "line-a"))
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.SetGroup(ctx, "dev-1", "line-b"); err != nil {
+		t.Fatal(err)
+	}
+	// b rewrites its (older) record, as a replica does on every flush.
+	b.HandleMessage(topics.Status("dev-1"), status("online", 2, ""))
+	b.Flush(ctx)
+	for i, want := range []int{1, 0} {
+		n, err := b.SyncGroups(ctx)
+		if err != nil || n != want {
+			t.Fatalf("sync %d: %d changed, %v; want %d", i, n, err, want)
+		}
+	}
+	if d, _ := b.Get("dev-1"); d.Group != "line-b" {
+		t.Fatalf("b sees group %q after sync", d.Group)
+	}
+	b.Flush(ctx)
+	if d, _ := newRegistry(t, st).Get("dev-1"); d.Group != "line-b" {
+		t.Fatalf("stored group %q", d.Group)
+	}
+}
