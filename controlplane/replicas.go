@@ -49,7 +49,8 @@ type stores struct {
 	// telemetry holds telemetry history: the metadata store with bbolt; with etcd, which is built
 	// for small metadata (1.5 MiB requests, 2 GiB default quota), a bbolt file of the replica's
 	// own (DATA/telemetry.db). Every replica receives all telemetry on its own subscription, so
-	// each one's history is complete; a store that replicas share belongs here when one exists.
+	// each one's history is complete for the time it ran; a store that replicas share belongs
+	// here when one exists.
 	telemetry store.Store
 	lead      Leadership
 	// shards is this replica's share of the telemetry shards; run, when set, keeps it current.
