@@ -77,6 +77,8 @@ func rule(p, imp string) string {
 		return "only internal/onnxrt imports onnxruntime_go"
 	case under(imp, "github.com/mochi-mqtt/server/v2") && !under(p, local("controlplane/broker")) && !testHelper:
 		return "only controlplane/broker embeds the broker"
+	case under(imp, "go.etcd.io/etcd") && !under(p, local("controlplane/store/etcdstore")) && !under(p, local("controlplane/leader")) && !under(p, local("controlplane/shards")):
+		return "only controlplane/store/etcdstore, controlplane/leader and controlplane/shards speak to etcd"
 	}
 	return ""
 }

@@ -97,6 +97,12 @@ type Config struct {
 	// Clock, when set, is the datasets' clock (retention tests).
 	DatasetSweep time.Duration
 	Clock        func() time.Time
+	// Store is the metadata store: "bbolt" (default: DATA/controlplane.db, one process) or
+	// "etcd" (Etcd; several replicas, which elect the one that runs the singletons).
+	Store string
+	Etcd  EtcdConfig
+	// ReplicaID names this replica in leader election (default: host name and a random suffix).
+	ReplicaID string
 }
 
 // RetrainConfig says where retraining events go and when they fire.
@@ -155,11 +161,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
-	st, err := store.OpenBolt(filepath.Join(cfg.DataDir, "controlplane.db"))
+	replica := replicaID(cfg)
+	stores, err := openStore(ctx, cfg, replica, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	defer stores.Close()
+	st, lead := stores.meta, stores.lead
 
 	reg, err := fleet.Open(ctx, st, topics, log)
 	if err != nil {
@@ -181,6 +189,26 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); reg.Run(regCtx, time.Second) }()
 	defer func() { stopReg(); wg.Wait() }()
+	if cfg.Store == StoreEtcd {
+		// Groups set through another replica's API: adopt them (the device records each replica
+		// writes carry what that replica had).
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(2 * time.Second)
+			defer t.Stop()
+			for {
+				if _, err := reg.SyncGroups(regCtx); err != nil && regCtx.Err() == nil {
+					log.Warn("reading groups set by other replicas failed; retrying", "err", err)
+				}
+				select {
+				case <-regCtx.Done():
+					return
+				case <-t.C:
+				}
+			}
+		}()
+	}
 
 	// The bus is created below, after the handlers that need to publish exist; publish is late-bound.
 	var fleetBus bus
@@ -196,7 +224,7 @@ func Run(ctx context.Context, cfg Config) error {
 	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
-	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	ing := ingest.New(stores.telemetry, publish, topics, cfg.TelemetryRetention, log)
 	// A completed dataset is a retraining event when a webhook is configured (set below).
 	var retrainNotifier *retrain.Notifier
 	onDataset := func(ctx context.Context, r datasets.Record) {
@@ -277,24 +305,9 @@ func Run(ctx context.Context, cfg Config) error {
 			rollouts.Poke() // rollouts: a device's install state or presence changed
 		}
 	}
-	wg.Add(3)
+	wg.Add(2)
 	go func() { defer wg.Done(); dsets.Run(svcCtx, cfg.DatasetSweep) }()
 	go func() { defer wg.Done(); blocks.Run(svcCtx) }()
-	go func() {
-		defer wg.Done()
-		refresh := time.NewTicker(time.Hour)
-		defer refresh.Stop()
-		for {
-			select {
-			case <-svcCtx.Done():
-				return
-			case dev := <-events:
-				ds.onReported(svcCtx, dev)
-			case <-refresh.C:
-				assigner.RefreshExpiring(svcCtx)
-			}
-		}
-	}()
 
 	var rootFP string
 	if keys.trustEnvelope != nil {
@@ -325,6 +338,10 @@ func Run(ctx context.Context, cfg Config) error {
 		if cfg.Broker.ClientID == "" {
 			// Not a valid device id (leading '_'), so no device can take over our session.
 			cfg.Broker.ClientID = "_edgefleet-controlplane"
+			if cfg.Store == StoreEtcd {
+				// Replicas share the broker: one client id each, or they take each other's session.
+				cfg.Broker.ClientID += "-" + replica
+			}
 		}
 		c, err := extbroker.Connect(ctx, cfg.Broker, topics.FleetFilters(), dispatch, log)
 		if err != nil {
@@ -365,10 +382,38 @@ func Run(ctx context.Context, cfg Config) error {
 	// Rollouts start once the broker is up, so the actions replayed from the outbox reach devices,
 	// and stop with ctx, before the broker closes: the fleet dropping off a stopping control plane
 	// is not evidence against a rollout.
+	// They are singletons, like the re-issuer of desired states (devices that report an old
+	// generation or lack their group's baseline, and states about to expire): they run on the
+	// leader only (always this process with bbolt) and stop when it loses the lead, so that
+	// replicas sharing a broker do not each answer the same report.
 	roCtx, stopRollouts := context.WithCancel(ctx)
 	defer stopRollouts()
+	if stores.run != nil { // telemetry shard ownership among replicas (shown in GET /api/v1/cluster)
+		wg.Add(1)
+		go func() { defer wg.Done(); stores.run(roCtx) }()
+	}
 	wg.Add(1)
-	go func() { defer wg.Done(); rollouts.Run(roCtx) }()
+	go func() {
+		defer wg.Done()
+		lead.Lead(roCtx, func(ctx context.Context) {
+			var lwg sync.WaitGroup
+			lwg.Add(1)
+			go func() { defer lwg.Done(); rollouts.Run(ctx) }()
+			refresh := time.NewTicker(time.Hour)
+			defer refresh.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					lwg.Wait()
+					return
+				case dev := <-events:
+					ds.onReported(ctx, dev)
+				case <-refresh.C:
+					assigner.RefreshExpiring(ctx)
+				}
+			}
+		})
+	}()
 
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -384,6 +429,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Datasets:       dsets,
 			AdminTokenHash: tokenHash, Logger: log,
 			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
+			Cluster: clusterAPI{lead: lead, shards: stores.shards, store: cfg.Store},
 			Metrics: metricsHandler(reg, blocks, ing, rollouts, metrics)}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -118,6 +119,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	publicURL := fs.String("public-url", "", "this control plane's URL as devices reach it, written into enrollment tokens (default http://HTTP-ADDRESS)")
 	deviceBroker := fs.String("device-broker", "", "broker URL handed to enrolled devices (default the embedded broker's or --broker)")
 	mosquittoDir := fs.String("mosquitto-dir", "", "keep a Mosquitto password file and ACL for the enrolled devices in this folder, rewritten on every enrollment and revocation")
+	storeKind := fs.String("store", "bbolt", "metadata store: bbolt (DATA/controlplane.db, one process) or etcd (several replicas; see --etcd-endpoints)")
+	etcdEndpoints := fs.String("etcd-endpoints", "", "with --store etcd: client URLs of the etcd members, comma-separated (http://10.0.0.1:2379,...)")
+	etcdPrefix := fs.String("etcd-prefix", "edgefleet", "with --store etcd: key prefix shared by the replicas of this control plane")
+	replicaID := fs.String("replica-id", "", "this replica's name in leader election and GET /api/v1/cluster (default: host name and a random suffix)")
+	leaderTTL := fs.Duration("leader-ttl", 10*time.Second, "with --store etcd: how long a crashed leader keeps its term before another replica takes over")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
 		return err
@@ -145,6 +151,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			fmt.Fprintf(stderr, "edgefleet control plane: console http://%s/  broker %s  admin token in %s\n", i.HTTPAddr, i.BrokerURL, tok)
 		},
+	}
+	cfg.Store, cfg.ReplicaID = *storeKind, *replicaID
+	if *storeKind == controlplane.StoreEtcd {
+		if *etcdEndpoints == "" {
+			return fmt.Errorf("--store etcd needs --etcd-endpoints: the client URLs of the etcd members, comma-separated")
+		}
+		for _, e := range strings.Split(*etcdEndpoints, ",") {
+			if e = strings.TrimSpace(e); e != "" {
+				cfg.Etcd.Endpoints = append(cfg.Etcd.Endpoints, e)
+			}
+		}
+		cfg.Etcd.Prefix, cfg.Etcd.LeaderTTL = *etcdPrefix, *leaderTTL
+	} else if *etcdEndpoints != "" {
+		return fmt.Errorf("--etcd-endpoints is set but --store is %q: add --store etcd", *storeKind)
 	}
 	if *brokerURL != "" {
 		urls, err := mqttc.ParseURLs(*brokerURL)

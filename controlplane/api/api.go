@@ -47,6 +47,8 @@ type Config struct {
 	Datasets Datasets
 	// Metrics serves Prometheus text format (behind the token).
 	Metrics http.Handler
+	// Cluster reports the replica and the leader; GET /api/v1/cluster answers 501 when nil.
+	Cluster Cluster
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
 	// Used only when Tokens is nil (then other tokens live in memory).
 	AdminTokenHash [32]byte
@@ -117,6 +119,7 @@ func New(cfg Config) http.Handler {
 	h.tokenRoutes(v1) // tokens.go
 	h.enrollRoutes(r, v1)
 	h.datasetRoutes(v1)
+	v1.GET("/cluster", h.getCluster)
 	return r
 }
 

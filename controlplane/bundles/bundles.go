@@ -219,17 +219,22 @@ func (r *Registry) Upload(ctx context.Context, rd io.Reader, by string) (rec Rec
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old, err := r.Get(ctx, b.ID); err == nil {
-		return old, false, nil
+	final := filepath.Join(r.dir, b.ID)
+	old, oerr := r.Get(ctx, b.ID)
+	if oerr == nil {
+		if _, err := os.Stat(filepath.Join(final, "bundle.tar")); err == nil {
+			return old, false, nil
+		}
+		// The record is in a store that replicas share (etcd) and came from another replica;
+		// this one lacks the files: keep them, the record stands.
 	}
 	for _, o := range r.List(ctx) {
-		if o.Name == rec.Name && o.Version == rec.Version && o.Variant == rec.Variant {
+		if oerr != nil && o.Name == rec.Name && o.Version == rec.Version && o.Variant == rec.Variant {
 			return Record{}, false, fmt.Errorf("%w: %s is already registered as %s with other content; publish a new version", ErrConflict, rec.Ref(), o.ID)
 		}
 	}
 	// Files first, then the record: a crash in between leaves an unreferenced folder, never a
 	// record without files.
-	final := filepath.Join(r.dir, b.ID)
 	if err := os.WriteFile(filepath.Join(tmp, "files", bundle.ManifestName), b.ManifestBytes, 0o600); err != nil {
 		return Record{}, false, err
 	}
@@ -242,6 +247,11 @@ func (r *Registry) Upload(ctx context.Context, rd io.Reader, by string) (rec Rec
 	os.RemoveAll(final)
 	if err := os.Rename(filepath.Join(tmp, "files"), final); err != nil {
 		return Record{}, false, fmt.Errorf("store bundle files: %w", err)
+	}
+	if oerr == nil {
+		r.manifests.Store(b.ID, m)
+		r.log.Info("bundle files stored for a bundle registered by another replica", "bundle", b.ID, "ref", old.Ref(), "by", by)
+		return old, false, nil
 	}
 	err = r.st.Update(ctx, func(tx store.Tx) error { return store.PutJSON(tx, bucket, b.ID, rec) })
 	if err != nil {

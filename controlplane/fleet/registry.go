@@ -27,6 +27,16 @@ import (
 
 const bucketDevices = "devices"
 
+// bucketGroupChoices holds the groups set through the API (device id -> groupChoice), apart from
+// the device records, which every replica rewrites from what it hears: a replica adopts a newer
+// choice from here (SyncGroups) instead of overwriting it with what it had.
+const bucketGroupChoices = "device_groups"
+
+type groupChoice struct {
+	Group string    `json:"group"`
+	At    time.Time `json:"at"`
+}
+
 // DefaultGroup is where a device lands when it asks for no group.
 const DefaultGroup = "default"
 
@@ -56,7 +66,9 @@ type Device struct {
 	FirstSeen time.Time         `json:"first_seen"`
 	LastSeen  time.Time         `json:"last_seen"`
 	// StatusAt is when online/offline last changed.
-	StatusAt  time.Time         `json:"status_at,omitzero"`
+	StatusAt time.Time `json:"status_at,omitzero"`
+	// GroupAt is when the API last set Group (zero: the group of its first registration).
+	GroupAt   time.Time         `json:"group_at,omitzero"`
 	Reported  *wire.Reported    `json:"reported,omitempty"`
 	Health    *telemetry.Health `json:"health,omitempty"`
 	HealthAt  time.Time         `json:"health_at,omitzero"`
@@ -144,14 +156,7 @@ func (r *Registry) Flush(ctx context.Context) error {
 	}
 	r.dirty = map[string]bool{}
 	r.mu.Unlock()
-	err := r.st.Update(ctx, func(tx store.Tx) error {
-		for id, b := range batch {
-			if err := tx.Put(bucketDevices, id, b); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err := r.write(ctx, batch)
 	if err != nil {
 		// Put them back so the next flush retries; newer changes already in dirty stay.
 		r.mu.Lock()
@@ -160,6 +165,37 @@ func (r *Registry) Flush(ctx context.Context) error {
 		}
 		r.mu.Unlock()
 		return fmt.Errorf("flush %d devices: %w", len(batch), err)
+	}
+	return nil
+}
+
+// write stores the batch: in one transaction, or, on a store that caps transactions (etcd), in
+// several; devices are independent of each other, so a crash between them loses nothing that the
+// next flush does not write again.
+func (r *Registry) write(ctx context.Context, batch map[string][]byte) error {
+	per := store.WritesPerTx(r.st)
+	if per <= 0 {
+		per = len(batch)
+	}
+	ids := make([]string, 0, len(batch))
+	for id := range batch {
+		ids = append(ids, id)
+	}
+	for len(ids) > 0 {
+		n := min(per, len(ids))
+		chunk := ids[:n]
+		ids = ids[n:]
+		err := r.st.Update(ctx, func(tx store.Tx) error {
+			for _, id := range chunk {
+				if err := tx.Put(bucketDevices, id, batch[id]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -439,14 +475,50 @@ func (r *Registry) SetGroup(ctx context.Context, id, group string) (Device, erro
 		r.mu.Unlock()
 		return Device{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
-	d.Group = group
+	now := r.now().UTC()
+	d.Group, d.GroupAt = group, now
 	r.markDirty(id, false)
 	c := copyDevice(d)
 	r.mu.Unlock()
+	err := r.st.Update(ctx, func(tx store.Tx) error {
+		return store.PutJSON(tx, bucketGroupChoices, id, groupChoice{Group: group, At: now})
+	})
+	if err != nil {
+		return Device{}, fmt.Errorf("record group of %s: %w", id, err)
+	}
 	if err := r.Flush(ctx); err != nil {
 		return Device{}, err
 	}
 	return c, nil
+}
+
+// SyncGroups adopts the groups set through the API that are newer than what the registry holds:
+// those another control-plane replica set on a store they share. It returns how many changed.
+func (r *Registry) SyncGroups(ctx context.Context) (int, error) {
+	choices := map[string]groupChoice{}
+	err := r.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketGroupChoices, "", func(id string, v []byte) error {
+			var c groupChoice
+			if json.Unmarshal(v, &c) == nil && CheckGroup(c.Group) == nil {
+				choices[id] = c
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read group choices: %w", err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for id, c := range choices {
+		if d := r.devices[id]; d != nil && c.At.After(d.GroupAt) {
+			d.Group, d.GroupAt = c.Group, c.At
+			r.markDirty(id, false)
+			n++
+		}
+	}
+	return n, nil
 }
 
 // GroupSummary is one group as the API shows it.

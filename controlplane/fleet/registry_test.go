@@ -172,3 +172,83 @@ func TestPersistsAcrossReopen(t *testing.T) {
 		t.Fatalf("groups %+v", g)
 	}
 }
+
+// capped is a store that takes at most max writes per transaction, like etcd's --max-txn-ops.
+type capped struct {
+	*store.Memory
+	max     int
+	updates int
+}
+
+func (c *capped) MaxWritesPerTx() int { return c.max }
+
+func (c *capped) Update(ctx context.Context, fn func(store.Tx) error) error {
+	c.updates++
+	return c.Memory.Update(ctx, func(tx store.Tx) error {
+		ct := &countingTx{Tx: tx}
+		if err := fn(ct); err != nil {
+			return err
+		}
+		if ct.writes > c.max {
+			return fmt.Errorf("%d writes in one transaction, the store takes %d", ct.writes, c.max)
+		}
+		return nil
+	})
+}
+
+type countingTx struct {
+	store.Tx
+	writes int
+}
+
+func (c *countingTx) Put(b, k string, v []byte) error { c.writes++; return c.Tx.Put(b, k, v) }
+
+// TestFlushSplitsForCappedStores: a flush of more devices than a transaction may hold is split,
+// and every device is stored.
+func TestFlushSplitsForCappedStores(t *testing.T) {
+	st := &capped{Memory: store.NewMemory(), max: 3}
+	r := newRegistry(t, st)
+	for i := 0; i < 10; i++ {
+		r.HandleMessage(topics.Status(fmt.Sprintf("dev-%d", i)), status("online", 1, "g"))
+	}
+	st.updates = 0
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(newRegistry(t, st).List(Filter{Group: "g"})); n != 10 || st.updates != 4 {
+		t.Fatalf("%d devices stored in %d transactions, want 10 in 4", n, st.updates)
+	}
+}
+
+// TestSyncGroupsAdoptsNewerChoices: two registries on one store (two replicas): a group set
+// through one reaches the other, and the other's older record does not win it back.
+func TestSyncGroupsAdoptsNewerChoices(t *testing.T) {
+	ctx := context.Background()
+	st := store.NewMemory()
+	a, b := newRegistry(t, st), newRegistry(t, st)
+	for _, r := range []*Registry{a, b} {
+		r.HandleMessage(topics.Status("dev-1"), status("online", 1, "line-a"))
+		if err := r.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.SetGroup(ctx, "dev-1", "line-b"); err != nil {
+		t.Fatal(err)
+	}
+	// b rewrites its (older) record, as a replica does on every flush.
+	b.HandleMessage(topics.Status("dev-1"), status("online", 2, ""))
+	b.Flush(ctx)
+	for i, want := range []int{1, 0} {
+		n, err := b.SyncGroups(ctx)
+		if err != nil || n != want {
+			t.Fatalf("sync %d: %d changed, %v; want %d", i, n, err, want)
+		}
+	}
+	if d, _ := b.Get("dev-1"); d.Group != "line-b" {
+		t.Fatalf("b sees group %q after sync", d.Group)
+	}
+	b.Flush(ctx)
+	if d, _ := newRegistry(t, st).Get("dev-1"); d.Group != "line-b" {
+		t.Fatalf("stored group %q", d.Group)
+	}
+}

@@ -464,6 +464,7 @@ func (c *Controller) commit(ctx context.Context, r *deploy.Rollout, acts []deplo
 	}
 	var recs []deploy.Record
 	err := c.st.Update(ctx, func(tx store.Tx) error {
+		recs = recs[:0] // an optimistic store (etcd) may run this again
 		if r != nil {
 			if err := store.PutJSON(tx, bucketRollouts, r.ID, r); err != nil {
 				return err

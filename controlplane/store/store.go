@@ -1,8 +1,8 @@
 // Package store is the control plane's persistence boundary: a small transactional key-value
-// interface with a bbolt implementation (the default, one machine) and an in-memory one (tests,
-// ephemeral runs). Callers see buckets of keys holding bytes; they never see bbolt. The same
-// conformance suite (storetest) runs against every implementation, so a distributed backend can be
-// added later as configuration, not a rewrite.
+// interface with a bbolt implementation (the default, one machine), an in-memory one (tests,
+// ephemeral runs) and an etcd one (store/etcdstore, several control-plane replicas). Callers see
+// buckets of keys holding bytes; they never see bbolt or etcd. The same conformance suite
+// (storetest) runs against every implementation.
 package store
 
 import (
@@ -16,8 +16,10 @@ var ErrNotFound = errors.New("not found")
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("store closed")
 
-// Store runs transactions. Update's function runs with exclusive write access and its writes are
-// applied all or nothing: a returned error discards them.
+// Store runs transactions. Update's function runs as if it had exclusive write access and its
+// writes are applied all or nothing: a returned error discards them. An optimistic backend
+// (etcdstore) runs the function again when a concurrent writer changed what it read, so the
+// function must not keep side effects of an earlier run.
 type Store interface {
 	View(ctx context.Context, fn func(Tx) error) error
 	Update(ctx context.Context, fn func(Tx) error) error
@@ -37,3 +39,18 @@ type Tx interface {
 
 // ErrStop can be returned from a ForEach callback to end the walk early without an error.
 var ErrStop = errors.New("stop iteration")
+
+// Capped is implemented by stores that bound the writes of one transaction (etcd: its
+// --max-txn-ops, default 128). Callers that write many independent keys at once (the registry's
+// flush) split them into transactions of at most WritesPerTx.
+type Capped interface {
+	MaxWritesPerTx() int
+}
+
+// WritesPerTx is s's cap on the writes of one transaction, or 0 when it has none.
+func WritesPerTx(s Store) int {
+	if c, ok := s.(Capped); ok {
+		return c.MaxWritesPerTx()
+	}
+	return 0
+}

@@ -113,6 +113,10 @@ type CPOptions struct {
 	// DatasetSweep and Clock: the dataset retention sweeper's interval and clock.
 	DatasetSweep time.Duration
 	Clock        func() time.Time
+	// Store, Etcd and ReplicaID select the metadata store and name the replica (controlplane.Config).
+	Store     string
+	Etcd      controlplane.EtcdConfig
+	ReplicaID string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -130,6 +134,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin, Retrain: o.Retrain,
 		RequireDeviceCredentials: o.RequireDeviceCredentials, MosquittoDir: o.MosquittoDir,
 		DatasetSweep: o.DatasetSweep, Clock: o.Clock,
+		Store: o.Store, Etcd: o.Etcd, ReplicaID: o.ReplicaID,
 	}}
 	cp.start()
 	t.Cleanup(cp.Stop)
