@@ -1,0 +1,126 @@
+package controlplane_test
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgefleet/edgefleet/agent/launcher"
+	"github.com/edgefleet/edgefleet/agent/updater"
+	"github.com/edgefleet/edgefleet/internal/fleettest"
+	"github.com/edgefleet/edgefleet/ota/builder"
+	"github.com/edgefleet/edgefleet/ota/bundle"
+)
+
+// buildAgentVersion links cmd/agent with its version stamped, as `make build` does.
+func buildAgentVersion(t *testing.T, version string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "agent")
+	cmd := exec.Command("go", "build", "-ldflags", "-s -w -X github.com/edgefleet/edgefleet/internal/cli.Version="+version, "-o", out, "./cmd/agent")
+	cmd.Dir = fleettest.RepoRoot()
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "CGO_ENABLED=1")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build agent %s: %v\n%s", version, err, b)
+	}
+	return out
+}
+
+// runtimeBundle builds a signed runtime bundle around an agent binary.
+func runtimeBundle(t *testing.T, k fleettest.Keys, bin, version string) (path, id string) {
+	t.Helper()
+	var buf bytes.Buffer
+	res, err := builder.BuildRuntime(t.Context(), builder.RuntimeOptions{AgentPath: bin, Version: version, Arch: runtime.GOARCH}, k.Release, &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(t.TempDir(), "agent-"+version+".bundle")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, res.ID
+}
+
+// TestRuntimeUpdate: the agent updates itself through a signed runtime bundle under `agent
+// launch`. A good v2 (the real agent, stamped 2.0.0) replaces v1 and is committed once it reports;
+// a bad v3 (a binary that exits at start) is reverted by the launcher, and v2, running again,
+// reports the revert and why, the device online throughout.
+func TestRuntimeUpdate(t *testing.T) {
+	k := fleettest.NewKeys(t)
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}, BundleBytesPerSecond: 64 << 20})
+	v1 := buildAgentVersion(t, "1.0.0")
+	v2 := buildAgentVersion(t, "2.0.0")
+	bad := filepath.Join(t.TempDir(), "agent")
+	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho 'bad agent: cannot start' >&2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b2, id2 := runtimeBundle(t, k, v2, "2.0.0")
+	b3, id3 := runtimeBundle(t, k, bad, "3.0.0")
+	cp.Push(b2)
+	cp.Push(b3)
+
+	// The launcher is the installed binary (v1), as systemd starts it.
+	const dev = "dev-rt"
+	data := filepath.Join(t.TempDir(), "data")
+	logPath := filepath.Join(t.TempDir(), "launch.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(v1, "launch", "--trial-timeout", "30s", "--id", dev, "--broker", cp.BrokerURL(), "--data", data,
+		"--trust", k.PubPath, "--control-key", cp.ControlPub(), "--listen", "127.0.0.1:0", "--telemetry-interval", "2s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// SIGTERM goes to the launcher, which stops its agent; the group kill is a backstop.
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("launcher did not stop within 30s of SIGTERM")
+		}
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		logf.Close()
+		if t.Failed() || testing.Verbose() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("launcher log:\n%s", b)
+		}
+	})
+
+	version := func() (string, bool) {
+		d := cp.Devices()[dev]
+		if d.Reported == nil {
+			return "", false
+		}
+		return d.Reported.AgentVersion, d.Online
+	}
+	fleettest.Eventually(t, 30*time.Second, "v1 online", func() bool { v, on := version(); return v == "1.0.0" && on })
+
+	assign(t, cp, dev, bundle.RuntimeName+"@2.0.0", "0s")
+	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
+	fleettest.Eventually(t, 10*time.Second, "v2 reported", func() bool { v, on := version(); return v == "2.0.0" && on })
+	ls, err := launcher.ReadState(data)
+	if err != nil || ls.Active == nil || ls.Active.Bundle != id2 || ls.Trial != nil || ls.Last.Result != launcher.ResultCommitted {
+		t.Fatalf("launch state after v2: %+v %v", ls, err)
+	}
+
+	assign(t, cp, dev, bundle.RuntimeName+"@3.0.0", "0s")
+	waitModel(t, cp, dev, bundle.RuntimeName, "v3 reverted", func(a, s, r string) bool {
+		return a == id2 && s == updater.StepReverted && r == launcher.ReasonCrashed
+	})
+	m := cp.Model(dev, bundle.RuntimeName)
+	if m.Target != id3 || m.Message == "" {
+		t.Fatalf("the revert does not name the bad bundle and why: %+v", m)
+	}
+	fleettest.Eventually(t, 10*time.Second, "v2 online after the revert", func() bool { v, on := version(); return v == "2.0.0" && on })
+	t.Logf("revert reported: %s: %s", m.Reason, m.Message)
+}
