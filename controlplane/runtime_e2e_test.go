@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -31,13 +32,14 @@ func buildAgentVersion(t *testing.T, version string) string {
 }
 
 // runtimeBundle builds a signed runtime bundle around an agent binary.
-func runtimeBundle(t *testing.T, k fleettest.Keys, bin, version string) (path, id string) {
+func runtimeBundle(t *testing.T, k fleettest.Keys, bin, ortLib, version string) (path, id string) {
 	t.Helper()
 	var buf bytes.Buffer
-	res, err := builder.BuildRuntime(t.Context(), builder.RuntimeOptions{AgentPath: bin, Version: version, Arch: runtime.GOARCH}, k.Release, &buf)
+	res, err := builder.BuildRuntime(t.Context(), builder.RuntimeOptions{AgentPath: bin, ORTLibPath: ortLib, Version: version, Arch: runtime.GOARCH}, k.Release, &buf)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("runtime bundle %s: %d bytes", version, res.Size)
 	path = filepath.Join(t.TempDir(), "agent-"+version+".bundle")
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
@@ -46,10 +48,12 @@ func runtimeBundle(t *testing.T, k fleettest.Keys, bin, version string) (path, i
 }
 
 // TestRuntimeUpdate: the agent updates itself through a signed runtime bundle under `agent
-// launch`. A good v2 (the real agent, stamped 2.0.0) replaces v1 and is committed once it reports;
-// a bad v3 (a binary that exits at start) is reverted by the launcher, and v2, running again,
-// reports the revert and why, the device online throughout.
+// launch`. A good v2 (the real agent, stamped 2.0.0, with the ONNX Runtime library) replaces v1
+// and is committed once it reported and baked; a bad v3 (a binary that exits at start) is
+// reverted by the launcher, and v2, running again, reports the revert and why.
 func TestRuntimeUpdate(t *testing.T) {
+	fleettest.Models(t) // the ONNX Runtime library that v2's bundle carries
+	ortLib := os.Getenv("EDGEFLEET_ORT_LIB")
 	k := fleettest.NewKeys(t)
 	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}, BundleBytesPerSecond: 64 << 20})
 	v1 := buildAgentVersion(t, "1.0.0")
@@ -58,8 +62,8 @@ func TestRuntimeUpdate(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("#!/bin/sh\necho 'bad agent: cannot start' >&2\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	b2, id2 := runtimeBundle(t, k, v2, "2.0.0")
-	b3, id3 := runtimeBundle(t, k, bad, "3.0.0")
+	b2, id2 := runtimeBundle(t, k, v2, ortLib, "2.0.0")
+	b3, id3 := runtimeBundle(t, k, bad, "", "3.0.0")
 	cp.Push(b2)
 	cp.Push(b3)
 
@@ -105,14 +109,25 @@ func TestRuntimeUpdate(t *testing.T) {
 	}
 	fleettest.Eventually(t, 30*time.Second, "v1 online", func() bool { v, on := version(); return v == "1.0.0" && on })
 
-	assign(t, cp, dev, bundle.RuntimeName+"@2.0.0", "0s")
+	assigned := time.Now()
+	assign(t, cp, dev, bundle.RuntimeName+"@2.0.0", "2s")
+	waitModel(t, cp, dev, bundle.RuntimeName, "v2 baking on trial", func(a, s, _ string) bool { return a == id2 && s == updater.StepBaking })
 	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
+	t.Logf("v2: assigned to committed in %v (2 s of it the bake)", time.Since(assigned).Round(100*time.Millisecond))
 	fleettest.Eventually(t, 10*time.Second, "v2 reported", func() bool { v, on := version(); return v == "2.0.0" && on })
 	ls, err := launcher.ReadState(data)
 	if err != nil || ls.Active == nil || ls.Active.Bundle != id2 || ls.Trial != nil || ls.Last.Result != launcher.ResultCommitted {
 		t.Fatalf("launch state after v2: %+v %v", ls, err)
 	}
+	// v2 loaded the ONNX Runtime library from its own slot.
+	if rt := cp.Devices()[dev].Reported.Runtime; rt == nil || rt.ORTVersion == "" {
+		t.Fatalf("v2 reports no ONNX Runtime: %+v", rt)
+	}
+	if maps := agentMaps(t, logPath, ls.Active.Name); !strings.Contains(maps, filepath.Join(launcher.SlotDir(data, ls.Active.Name), launcher.ORTLibFile)) {
+		t.Fatalf("v2 did not load the library from its slot")
+	}
 
+	assigned = time.Now()
 	assign(t, cp, dev, bundle.RuntimeName+"@3.0.0", "0s")
 	waitModel(t, cp, dev, bundle.RuntimeName, "v3 reverted", func(a, s, r string) bool {
 		return a == id2 && s == updater.StepReverted && r == launcher.ReasonCrashed
@@ -122,5 +137,24 @@ func TestRuntimeUpdate(t *testing.T) {
 		t.Fatalf("the revert does not name the bad bundle and why: %+v", m)
 	}
 	fleettest.Eventually(t, 10*time.Second, "v2 online after the revert", func() bool { v, on := version(); return v == "2.0.0" && on })
-	t.Logf("revert reported: %s: %s", m.Reason, m.Message)
+	t.Logf("v3: assigned to reverted in %v; reported %s: %s", time.Since(assigned).Round(100*time.Millisecond), m.Reason, m.Message)
+}
+
+// agentMaps returns /proc/PID/maps of the agent the launcher last started from slot.
+func agentMaps(t *testing.T, logPath, slot string) string {
+	t.Helper()
+	b, _ := os.ReadFile(logPath)
+	pid := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `msg="agent started"`) && strings.Contains(line, " slot="+slot+" ") {
+			if i := strings.Index(line, " pid="); i >= 0 {
+				pid = strings.Fields(line[i+5:])[0]
+			}
+		}
+	}
+	maps, err := os.ReadFile("/proc/" + pid + "/maps")
+	if pid == "" || err != nil {
+		t.Fatalf("agent process of slot %s (pid %q): %v", slot, pid, err)
+	}
+	return string(maps)
 }

@@ -18,6 +18,9 @@ type Config struct {
 	DataDir string
 	// Installed is the binary that runs when no runtime slot is active (default: this executable).
 	Installed string
+	// InstalledVersion is its version; when it differs from the one recorded in launch.json, the
+	// package was upgraded and the installed binary runs (see packageChanged).
+	InstalledVersion string
 	// Args follow `run` on every agent's command line.
 	Args []string
 	// TrialTimeout is how long a new agent has to report healthy (default 2 minutes).
@@ -73,7 +76,46 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("create runtime folder: %w", err)
 	}
 	l := &launcher{cfg: cfg, log: cfg.Logger.With("component", "launcher")}
+	if err := l.packageChanged(); err != nil {
+		return err
+	}
 	return l.loop(ctx)
+}
+
+// save writes launch.json, stamped with the installed binary's version.
+func (l *launcher) save(st State) error {
+	st.Installed = l.cfg.InstalledVersion
+	if err := writeState(l.cfg.DataDir, st); err != nil {
+		return fmt.Errorf("persist launch state: %w", err)
+	}
+	return nil
+}
+
+// packageChanged makes the installed binary the active agent when the package manager replaced
+// it since launch.json was written: an apt upgrade must take effect, not hide behind an older
+// runtime slot. The slot stays as Previous, so the agent can go back to it without a download if
+// its desired state still names that runtime bundle (the desired state has the last word).
+func (l *launcher) packageChanged() error {
+	st, err := ReadState(l.cfg.DataDir)
+	if err != nil || st.Installed == "" || l.cfg.InstalledVersion == "" || st.Installed == l.cfg.InstalledVersion {
+		return nil
+	}
+	if st.Active == nil && st.Trial == nil {
+		return l.save(st)
+	}
+	was := st.Active
+	if st.Trial != nil {
+		was = &st.Trial.Slot
+	}
+	l.log.Info("the agent package changed; running the installed agent", "from", st.Installed, "to", l.cfg.InstalledVersion, "slot_was", was.Name)
+	st.Last = &Outcome{Bundle: was.Bundle, Version: was.Version, Result: ResultSuperseded, Reason: ReasonPackage,
+		Message: fmt.Sprintf("the agent package changed from %s to %s; the installed agent runs", st.Installed, l.cfg.InstalledVersion), At: time.Now().UTC()}
+	if st.Active != nil {
+		st.Previous = st.Active
+	}
+	st.Active, st.Trial = nil, nil
+	os.Remove(filepath.Join(RuntimeDir(l.cfg.DataDir), HealthyFile))
+	return l.save(st)
 }
 
 func (l *launcher) loop(ctx context.Context) error {
@@ -159,11 +201,11 @@ func (l *launcher) choose(st *State) (slotName, bin, ortLib string, trial *Trial
 			}
 			if t.Starts > 0 {
 				// A power cut or crash restarts the trial's clock, not its count.
-				t.Deadline = time.Now().Add(l.cfg.TrialTimeout).UTC()
+				t.Deadline = time.Now().Add(l.cfg.TrialTimeout + t.Bake).UTC()
 			}
 			t.Starts++
-			if err = writeState(dd, *st); err != nil {
-				return "", "", "", nil, fmt.Errorf("persist launch state: %w", err)
+			if err = l.save(*st); err != nil {
+				return "", "", "", nil, err
 			}
 			tc := *t
 			return t.Name, b, lib, &tc, nil
@@ -181,8 +223,8 @@ func (l *launcher) choose(st *State) (slotName, bin, ortLib string, trial *Trial
 		bad := st.Active
 		st.Active, st.Previous = st.Previous, nil
 		st.Last = &Outcome{Bundle: bad.Bundle, Version: bad.Version, Result: ResultReverted, Reason: ReasonCorrupt, Message: cerr.Error(), At: time.Now().UTC()}
-		if err := writeState(dd, *st); err != nil {
-			return "", "", "", nil, fmt.Errorf("persist launch state: %w", err)
+		if err := l.save(*st); err != nil {
+			return "", "", "", nil, err
 		}
 	}
 	return Installed, l.cfg.Installed, "", nil, nil
@@ -194,8 +236,8 @@ func (l *launcher) revert(st *State, reason, msg string) error {
 	l.log.Error("reverting to the previous agent", "bundle", t.Bundle, "version", t.Version, "reason", reason, "why", msg)
 	st.Trial = nil
 	st.Last = &Outcome{Bundle: t.Bundle, Version: t.Version, Result: ResultReverted, Reason: reason, Message: msg, At: time.Now().UTC()}
-	if err := writeState(l.cfg.DataDir, *st); err != nil {
-		return fmt.Errorf("persist launch state: %w", err)
+	if err := l.save(*st); err != nil {
+		return err
 	}
 	os.Remove(filepath.Join(RuntimeDir(l.cfg.DataDir), HealthyFile))
 	return nil
@@ -217,16 +259,16 @@ func (l *launcher) acceptRequest() (bool, error) {
 		// Never run a slot that does not hold what was asked, nor overwrite the running one.
 		l.log.Error("switch request refused", "slot", req.Name, "bundle", req.Bundle, "err", err)
 		st.Last = &Outcome{Bundle: req.Bundle, Version: req.Version, Result: ResultReverted, Reason: ReasonCorrupt, Message: fmt.Sprintf("switch to slot %s refused: %v", req.Name, err), At: time.Now().UTC()}
-		if err := writeState(dd, st); err != nil {
-			return false, fmt.Errorf("persist launch state: %w", err)
+		if err := l.save(st); err != nil {
+			return false, err
 		}
 		os.Remove(filepath.Join(RuntimeDir(dd), RequestFile))
 		return true, nil
 	}
 	os.Remove(filepath.Join(RuntimeDir(dd), HealthyFile))
-	st.Trial = &Trial{Slot: req.Slot, Deadline: time.Now().Add(l.cfg.TrialTimeout).UTC()}
-	if err := writeState(dd, st); err != nil {
-		return false, fmt.Errorf("persist launch state: %w", err)
+	st.Trial = &Trial{Slot: req.Slot, Bake: max(req.Bake, 0), Deadline: time.Now().Add(l.cfg.TrialTimeout + max(req.Bake, 0)).UTC()}
+	if err := l.save(st); err != nil {
+		return false, err
 	}
 	// The request is consumed only once the trial is on disk: a power cut in between repeats
 	// the same transition.
@@ -309,7 +351,7 @@ func (l *launcher) runOnce(ctx context.Context, slotName, bin, ortLib string, tr
 				if err != nil || st.Trial == nil {
 					return 0, endDeadline, err
 				}
-				return 0, endDeadline, l.revert(&st, ReasonUnhealthy, fmt.Sprintf("the new agent %s did not connect and report within %s", trial.Version, l.cfg.TrialTimeout))
+				return 0, endDeadline, l.revert(&st, ReasonUnhealthy, fmt.Sprintf("the new agent %s did not connect, report and bake (%s) within %s", trial.Version, trial.Bake, l.cfg.TrialTimeout+trial.Bake))
 			}
 		}
 	}
@@ -324,8 +366,8 @@ func (l *launcher) commit(t *Trial) error {
 	}
 	st.Previous, st.Active, st.Trial = st.Active, &t.Slot, nil
 	st.Last = &Outcome{Bundle: t.Bundle, Version: t.Version, Result: ResultCommitted, At: time.Now().UTC()}
-	if err := writeState(dd, st); err != nil {
-		return fmt.Errorf("persist launch state: %w", err)
+	if err := l.save(st); err != nil {
+		return err
 	}
 	os.Remove(filepath.Join(RuntimeDir(dd), HealthyFile))
 	l.log.Info("the new agent reported healthy; committed", "slot", t.Name, "bundle", t.Bundle, "version", t.Version)

@@ -64,6 +64,11 @@ type rig struct {
 
 func start(t *testing.T, data string, installed []byte, timeout time.Duration) *rig {
 	t.Helper()
+	return startVersion(t, data, installed, timeout, "")
+}
+
+func startVersion(t *testing.T, data string, installed []byte, timeout time.Duration, version string) *rig {
+	t.Helper()
 	inst := filepath.Join(t.TempDir(), "agent")
 	if err := os.WriteFile(inst, installed, 0o755); err != nil {
 		t.Fatal(err)
@@ -72,7 +77,7 @@ func start(t *testing.T, data string, installed []byte, timeout time.Duration) *
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &rig{t: t, data: data, cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		r.done <- Run(ctx, Config{DataDir: data, Installed: inst, TrialTimeout: timeout, StopTimeout: 5 * time.Second,
+		r.done <- Run(ctx, Config{DataDir: data, Installed: inst, InstalledVersion: version, TrialTimeout: timeout, StopTimeout: 5 * time.Second,
 			Stdout: io.Discard, Stderr: io.Discard})
 	}()
 	t.Cleanup(func() { r.stop() })
@@ -223,5 +228,32 @@ func TestUsageErrorStops(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("launcher kept restarting an agent with bad flags")
+	}
+}
+
+// TestPackageUpgrade: after the package manager replaced the installed binary, the installed
+// agent runs instead of the older runtime slot, which stays as the previous one; an unchanged
+// package keeps running the slot.
+func TestPackageUpgrade(t *testing.T) {
+	for _, installed := range []string{"1.0.0", "1.1.0"} {
+		t.Run(installed, func(t *testing.T) {
+			data := t.TempDir()
+			active := installSlot(t, data, "a", "2.0.0", script("slot", behaveRun))
+			if err := writeState(data, State{Active: &active, Installed: "1.0.0"}); err != nil {
+				t.Fatal(err)
+			}
+			r := startVersion(t, data, script("pkg", behaveRun), time.Second, installed)
+			if installed == "1.0.0" {
+				st := r.waitFor("the slot running", func(_ State, s []string) bool { return lastStart(s) == "slot a" })
+				if st.Active == nil || *st.Active != active {
+					t.Fatalf("state %+v", st)
+				}
+				return
+			}
+			st := r.waitFor("the package's agent running", func(_ State, s []string) bool { return lastStart(s) == "pkg installed" })
+			if st.Active != nil || st.Previous == nil || *st.Previous != active || st.Last.Result != ResultSuperseded || st.Installed != "1.1.0" {
+				t.Fatalf("state %+v", st)
+			}
+		})
 	}
 }

@@ -56,6 +56,9 @@ const (
 	ReasonCrashed    = "runtime_crashed"   // exited repeatedly during its trial
 	ReasonCorrupt    = "runtime_corrupt"   // the slot's files no longer match their manifest
 	ReasonNoLauncher = "no_launcher"       // the agent runs without `agent launch`
+	// ResultSuperseded: the package manager installed another agent binary, which runs now.
+	ResultSuperseded = "superseded"
+	ReasonPackage    = "package_upgrade"
 )
 
 // Slot is one runtime slot's content.
@@ -68,7 +71,10 @@ type Slot struct {
 // Trial is a new agent being tried.
 type Trial struct {
 	Slot
-	Deadline time.Time `json:"deadline"`
+	// Bake is how long the new agent must run, connected, before it calls itself healthy (the
+	// assignment's bake); the deadline is the trial timeout plus Bake.
+	Bake     time.Duration `json:"bake,omitempty"`
+	Deadline time.Time     `json:"deadline"`
 	// Starts counts the trial's process starts, persisted before each, so crashes and power cuts
 	// count alike.
 	Starts int `json:"starts"`
@@ -91,11 +97,15 @@ type State struct {
 	Previous *Slot    `json:"previous,omitempty"`
 	Trial    *Trial   `json:"trial,omitempty"`
 	Last     *Outcome `json:"last,omitempty"`
+	// Installed is the version of the installed binary (the launcher) that wrote this state; a
+	// different one at start means the package was upgraded or downgraded.
+	Installed string `json:"installed,omitempty"`
 }
 
 // Request is request.json: the agent asks to run the bundle unpacked in Slot.
 type Request struct {
 	Slot
+	Bake time.Duration `json:"bake,omitempty"`
 }
 
 // Healthy is healthy.json: the agent on trial connected and reported.

@@ -71,11 +71,13 @@ type Updater struct {
 	deps Deps
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	st      State
-	target  *updater.Target
-	healthy bool // healthy.json written for the trial this process is
-	wake    chan struct{}
+	mu       sync.Mutex
+	st       State
+	target   *updater.Target
+	started  time.Time // this process's start: a trial's bake counts from it
+	reported bool      // connected, and reported state reached the broker
+	healthy  bool      // healthy.json written for the trial this process is
+	wake     chan struct{}
 }
 
 // New loads the persisted state.
@@ -83,7 +85,7 @@ func New(deps Deps) (*Updater, error) {
 	if deps.Logger == nil {
 		deps.Logger = slog.Default()
 	}
-	u := &Updater{deps: deps, log: deps.Logger.With("model", bundle.RuntimeName), wake: make(chan struct{}, 1)}
+	u := &Updater{deps: deps, log: deps.Logger.With("model", bundle.RuntimeName), wake: make(chan struct{}, 1), started: time.Now()}
 	if err := os.MkdirAll(launcher.RuntimeDir(deps.DataDir), 0o700); err != nil {
 		return nil, fmt.Errorf("create runtime folder: %w", err)
 	}
@@ -144,16 +146,26 @@ func (u *Updater) poke() {
 }
 
 // Reported tells the lifecycle that the agent is connected and its reported state (with its
-// version) reached the broker: an agent on trial is then healthy.
+// version) reached the broker: an agent on trial is then healthy, once it also ran for the
+// assignment's bake.
 func (u *Updater) Reported() {
 	u.mu.Lock()
-	done := u.healthy
+	u.reported = true
 	u.mu.Unlock()
-	if done || u.deps.Slot == "" {
+	u.tryHealthy()
+}
+
+// tryHealthy writes healthy.json for the launcher when this process is on trial, reported, and
+// baked.
+func (u *Updater) tryHealthy() {
+	u.mu.Lock()
+	done, reported := u.healthy, u.reported
+	u.mu.Unlock()
+	if done || !reported || u.deps.Slot == "" {
 		return
 	}
 	ls, err := launcher.ReadState(u.deps.DataDir)
-	if err != nil || ls.Trial == nil || ls.Trial.Name != u.deps.Slot {
+	if err != nil || ls.Trial == nil || ls.Trial.Name != u.deps.Slot || time.Since(u.started) < ls.Trial.Bake {
 		return
 	}
 	if ls.Trial.Version != u.deps.Version {
@@ -166,7 +178,7 @@ func (u *Updater) Reported() {
 	u.mu.Lock()
 	u.healthy = true
 	u.mu.Unlock()
-	u.log.Info("on trial: connected and reported; told the launcher", "bundle", ls.Trial.Bundle)
+	u.log.Info("on trial: connected, reported and baked; told the launcher", "bundle", ls.Trial.Bundle, "bake", ls.Trial.Bake)
 	u.poke()
 }
 
@@ -265,6 +277,7 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 			}
 			return time.Second, u.persist(func(x *State) { x.Step, x.Target, x.Reason, x.Message = updater.StepBaking, tgt, "", "" })
 		}
+		u.tryHealthy()
 		return time.Second, nil
 	}
 
@@ -390,7 +403,7 @@ func (u *Updater) switchTo(t *updater.Target, slot string) (time.Duration, error
 	if slot == "" {
 		return 0, u.persist(func(x *State) { x.Step = updater.StepDownloading })
 	}
-	if err := launcher.WriteRequest(u.deps.DataDir, launcher.Request{Slot: launcher.Slot{Name: slot, Bundle: t.Bundle, Version: t.Version}}); err != nil {
+	if err := launcher.WriteRequest(u.deps.DataDir, launcher.Request{Slot: launcher.Slot{Name: slot, Bundle: t.Bundle, Version: t.Version}, Bake: t.Bake}); err != nil {
 		return 0, fmt.Errorf("ask the launcher to switch: %w", err)
 	}
 	u.log.Info("runtime unpacked; exiting so that the launcher starts the new agent", "slot", slot, "bundle", t.Bundle, "version", t.Version)

@@ -27,7 +27,7 @@ The data folder comes from --data or EDGEFLEET_DATA.
 // launcher. The data folder is read from the agent's --data (or EDGEFLEET_DATA): both processes
 // must agree on it, so it is given once.
 func launch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := launcher.Config{DataDir: os.Getenv(cli.EnvName("data")), Stdout: stdout, Stderr: stderr}
+	cfg := launcher.Config{DataDir: os.Getenv(cli.EnvName("data")), InstalledVersion: cli.Version, Stdout: stdout, Stderr: stderr}
 	var err error
 	if v, ok := os.LookupEnv(cli.EnvName("trial-timeout")); ok {
 		if cfg.TrialTimeout, err = time.ParseDuration(v); err != nil {
