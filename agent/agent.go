@@ -393,10 +393,18 @@ func (a *Agent) publishStatus(ctx context.Context, c paho.Client, session uint64
 // disconnect publishes offline for the current session (a clean disconnect does not fire the Will).
 func (a *Agent) disconnect() {
 	a.mu.Lock()
-	c, session := a.client, a.state.Session
+	c, session, restart := a.client, a.state.Session, a.restart
 	a.connected = false
 	a.mu.Unlock()
 	if c == nil {
+		return
+	}
+	if restart {
+		// Switching to a new agent, which connects within a second: saying offline would make a
+		// rollout count this device as gone mid-install. A clean disconnect discards the Will
+		// too; the new agent's online (next session), or the previous agent's after a revert,
+		// follows.
+		c.Disconnect(500)
 		return
 	}
 	b, _ := json.Marshal(wire.Status{State: wire.StateOffline, Session: session, At: time.Now().UTC()})

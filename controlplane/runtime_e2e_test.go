@@ -13,6 +13,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent/launcher"
 	"github.com/edgefleet/edgefleet/agent/updater"
+	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/ota/builder"
 	"github.com/edgefleet/edgefleet/ota/bundle"
@@ -75,7 +76,7 @@ func TestRuntimeUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(v1, "launch", "--trial-timeout", "30s", "--id", dev, "--broker", cp.BrokerURL(), "--data", data,
+	cmd := exec.Command(v1, "launch", "--trial-timeout", "30s", "--id", dev, "--broker", cp.BrokerURL(), "--data", data, "--group", "rt",
 		"--trust", k.PubPath, "--control-key", cp.ControlPub(), "--listen", "127.0.0.1:0", "--telemetry-interval", "2s")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -109,11 +110,30 @@ func TestRuntimeUpdate(t *testing.T) {
 	}
 	fleettest.Eventually(t, 30*time.Second, "v1 online", func() bool { v, on := version(); return v == "1.0.0" && on })
 
+	// v2 and v3 go out through rollouts, like any model.
+	rolloutOf := func(version string) string {
+		t.Helper()
+		var ro struct{ ID string }
+		spec := `{"bundle": "` + bundle.RuntimeName + `@` + version + `", "target": {"groups": ["rt"]}, "stages": [{"percent": 100, "bake": "2s"}]}`
+		if code, body := cp.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &ro); code != 201 {
+			t.Fatalf("create rollout: %d %s", code, body)
+		}
+		return ro.ID
+	}
+	rolloutState := func(id, state string) {
+		t.Helper()
+		fleettest.Eventually(t, 60*time.Second, "rollout "+state, func() bool {
+			var v struct{ State string }
+			cp.Do("GET", "/api/v1/rollouts/"+id, nil, &v)
+			return v.State == state
+		})
+	}
 	assigned := time.Now()
-	assign(t, cp, dev, bundle.RuntimeName+"@2.0.0", "2s")
+	r2 := rolloutOf("2.0.0")
 	waitModel(t, cp, dev, bundle.RuntimeName, "v2 baking on trial", func(a, s, _ string) bool { return a == id2 && s == updater.StepBaking })
 	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
-	t.Logf("v2: assigned to committed in %v (2 s of it the bake)", time.Since(assigned).Round(100*time.Millisecond))
+	t.Logf("v2: rollout created to committed on the device in %v", time.Since(assigned).Round(100*time.Millisecond))
+	rolloutState(r2, "completed")
 	fleettest.Eventually(t, 10*time.Second, "v2 reported", func() bool { v, on := version(); return v == "2.0.0" && on })
 	ls, err := launcher.ReadState(data)
 	if err != nil || ls.Active == nil || ls.Active.Bundle != id2 || ls.Trial != nil || ls.Last.Result != launcher.ResultCommitted {
@@ -127,17 +147,25 @@ func TestRuntimeUpdate(t *testing.T) {
 		t.Fatalf("v2 did not load the library from its slot")
 	}
 
+	// The launcher's revert of v3 is a failed install to the rollout, which rolls back.
 	assigned = time.Now()
-	assign(t, cp, dev, bundle.RuntimeName+"@3.0.0", "0s")
-	waitModel(t, cp, dev, bundle.RuntimeName, "v3 reverted", func(a, s, r string) bool {
+	r3 := rolloutOf("3.0.0")
+	waitModel(t, cp, dev, bundle.RuntimeName, "v3 reverted on the device", func(a, s, r string) bool {
 		return a == id2 && s == updater.StepReverted && r == launcher.ReasonCrashed
 	})
 	m := cp.Model(dev, bundle.RuntimeName)
 	if m.Target != id3 || m.Message == "" {
 		t.Fatalf("the revert does not name the bad bundle and why: %+v", m)
 	}
+	t.Logf("v3: rollout created to reverted on the device in %v; reported %s: %s", time.Since(assigned).Round(100*time.Millisecond), m.Reason, m.Message)
+	rolloutState(r3, "rolled_back")
+	var devs struct{ Devices []rollout.DeviceView }
+	cp.Do("GET", "/api/v1/rollouts/"+r3+"/devices", nil, &devs)
+	if len(devs.Devices) != 1 || !strings.Contains(devs.Devices[0].Reason, launcher.ReasonCrashed) {
+		t.Fatalf("rollout devices: %+v", devs.Devices)
+	}
+	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed again after the rollback", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
 	fleettest.Eventually(t, 10*time.Second, "v2 online after the revert", func() bool { v, on := version(); return v == "2.0.0" && on })
-	t.Logf("v3: assigned to reverted in %v; reported %s: %s", time.Since(assigned).Round(100*time.Millisecond), m.Reason, m.Message)
 }
 
 // agentMaps returns /proc/PID/maps of the agent the launcher last started from slot.
