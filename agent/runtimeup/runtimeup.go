@@ -305,6 +305,14 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 		}
 		return idleWait, nil
 	}
+	if l := ls.Last; l != nil && l.Result == launcher.ResultSuperseded && l.Bundle == t.Bundle && st.FailedBundle != t.Bundle {
+		// The package manager installed another agent over this bundle: the newer action wins
+		// until the desired state names another runtime bundle.
+		u.log.Warn("runtime bundle superseded by the agent package; not installing it again", "bundle", t.Bundle, "why", l.Message)
+		return idleWait, u.persist(func(x *State) {
+			x.Step, x.Target, x.Reason, x.Message, x.FailedBundle = updater.StepFailed, t, launcher.ReasonPackage, l.Message, t.Bundle
+		})
+	}
 	if st.FailedBundle == t.Bundle {
 		return idleWait, nil
 	}

@@ -47,8 +47,10 @@ func BuildRuntime(ctx context.Context, o RuntimeOptions, signer bundle.Signer, o
 		}
 		files = append(files, bundle.FileFromPath(bundle.RuntimeORTLibFile, bundle.RoleRuntime, o.ORTLibPath))
 	}
+	// The variant is the arch, so that one version exists once per architecture in the registry
+	// (edgefleet-agent@1.5.0:arm64, ...:amd64) and a rollout picks it with --selector arch=arm64.
 	in := bundle.BuildInput{
-		Kind: bundle.KindRuntime, Name: bundle.RuntimeName, Version: o.Version, BlockSize: o.BlockSize,
+		Kind: bundle.KindRuntime, Name: bundle.RuntimeName, Version: o.Version, Variant: arch, BlockSize: o.BlockSize,
 		Requirements: bundle.Requirements{Arch: []string{arch}},
 		Provenance:   provenance(o.Provenance),
 		Files:        files,
