@@ -27,17 +27,36 @@ The data folder comes from --data or EDGEFLEET_DATA.
 // launcher. The data folder is read from the agent's --data (or EDGEFLEET_DATA): both processes
 // must agree on it, so it is given once.
 func launch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	cfg := launcher.Config{DataDir: os.Getenv(cli.EnvName("data")), InstalledVersion: cli.Version, Stdout: stdout, Stderr: stderr}
-	var err error
-	if v, ok := os.LookupEnv(cli.EnvName("trial-timeout")); ok {
+	cfg, help, err := parseLaunch(args, os.LookupEnv)
+	if err != nil {
+		return err
+	}
+	if help {
+		fmt.Fprint(stdout, launchUsage)
+		return nil
+	}
+	cfg.InstalledVersion, cfg.Stdout, cfg.Stderr = cli.Version, stdout, stderr
+	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
+	return launcher.Run(ctx, cfg)
+}
+
+// parseLaunch takes the launcher's flags out of args; every other flag, with its value, is
+// passed on to `agent run`.
+func parseLaunch(args []string, lookupEnv func(string) (string, bool)) (cfg launcher.Config, help bool, err error) {
+	cfg.DataDir, _ = lookupEnv(cli.EnvName("data"))
+	if v, ok := lookupEnv(cli.EnvName("trial-timeout")); ok {
 		if cfg.TrialTimeout, err = time.ParseDuration(v); err != nil {
-			return fmt.Errorf("EDGEFLEET_TRIAL_TIMEOUT %q: %w", v, err)
+			return cfg, false, fmt.Errorf("EDGEFLEET_TRIAL_TIMEOUT %q: %w", v, err)
 		}
 	}
 	var rest []string
 	for i := 0; i < len(args); i++ {
 		name, val, hasVal := strings.Cut(strings.TrimLeft(args[i], "-"), "=")
-		if !strings.HasPrefix(args[i], "-") || args[i] == "--" {
+		if args[i] == "--" {
+			rest = append(rest, args[i+1:]...) // what follows is for `agent run` alone
+			break
+		}
+		if !strings.HasPrefix(args[i], "-") {
 			rest = append(rest, args[i:]...)
 			break
 		}
@@ -53,28 +72,27 @@ func launch(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 		switch name {
 		case "h", "help":
-			fmt.Fprint(stdout, launchUsage)
-			return nil
+			return cfg, true, nil
 		case "trial-timeout":
 			v, err := take()
 			if err != nil {
-				return err
+				return cfg, false, err
 			}
 			if cfg.TrialTimeout, err = time.ParseDuration(v); err != nil {
-				return fmt.Errorf("--trial-timeout %q: %w", v, err)
+				return cfg, false, fmt.Errorf("--trial-timeout %q: %w", v, err)
 			}
 		case "max-trial-starts":
 			v, err := take()
 			if err != nil {
-				return err
+				return cfg, false, err
 			}
 			if _, err := fmt.Sscan(v, &cfg.MaxTrialStarts); err != nil {
-				return fmt.Errorf("--max-trial-starts %q: %w", v, err)
+				return cfg, false, fmt.Errorf("--max-trial-starts %q: %w", v, err)
 			}
 		case "data":
 			v, err := take()
 			if err != nil {
-				return err
+				return cfg, false, err
 			}
 			cfg.DataDir = v
 			rest = append(rest, "--data", v)
@@ -91,6 +109,5 @@ func launch(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		}
 	}
 	cfg.Args = rest
-	cfg.Logger = slog.New(slog.NewTextHandler(stderr, nil))
-	return launcher.Run(ctx, cfg)
+	return cfg, false, nil
 }
