@@ -2,6 +2,7 @@ package controlplane_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent/launcher"
+	"github.com/edgefleet/edgefleet/agent/runtimeup"
 	"github.com/edgefleet/edgefleet/agent/updater"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
@@ -71,35 +73,8 @@ func TestRuntimeUpdate(t *testing.T) {
 	// The launcher is the installed binary (v1), as systemd starts it.
 	const dev = "dev-rt"
 	data := filepath.Join(t.TempDir(), "data")
-	logPath := filepath.Join(t.TempDir(), "launch.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(v1, "launch", "--trial-timeout", "30s", "--id", dev, "--broker", cp.BrokerURL(), "--data", data, "--group", "rt",
-		"--trust", k.PubPath, "--control-key", cp.ControlPub(), "--listen", "127.0.0.1:0", "--telemetry-interval", "2s")
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		// SIGTERM goes to the launcher, which stops its agent; the group kill is a backstop.
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Error("launcher did not stop within 30s of SIGTERM")
-		}
-		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		logf.Close()
-		if t.Failed() || testing.Verbose() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("launcher log:\n%s", b)
-		}
-	})
+	l := startLauncher(t, cp, k, v1, dev, data)
+	logPath := l.logPath
 
 	version := func() (string, bool) {
 		d := cp.Devices()[dev]
@@ -166,6 +141,113 @@ func TestRuntimeUpdate(t *testing.T) {
 	}
 	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed again after the rollback", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
 	fleettest.Eventually(t, 10*time.Second, "v2 online after the revert", func() bool { v, on := version(); return v == "2.0.0" && on })
+}
+
+// launchProc is `agent launch` as systemd would run it, in its own process group so that a
+// power cut can take the launcher and its agent down together.
+type launchProc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	args    []string
+	bin     string
+	logPath string
+	logf    *os.File
+}
+
+func startLauncher(t *testing.T, cp *fleettest.ControlPlane, k fleettest.Keys, bin, dev, data string) *launchProc {
+	t.Helper()
+	l := &launchProc{t: t, bin: bin, logPath: filepath.Join(t.TempDir(), "launch.log"),
+		args: []string{"launch", "--trial-timeout", "30s", "--id", dev, "--broker", cp.BrokerURL(), "--data", data, "--group", "rt",
+			"--trust", k.PubPath, "--control-key", cp.ControlPub(), "--listen", "127.0.0.1:0", "--telemetry-interval", "2s"}}
+	l.start()
+	t.Cleanup(func() {
+		// SIGTERM goes to the launcher, which stops its agent; the group kill is a backstop.
+		l.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { l.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Error("launcher did not stop within 30s of SIGTERM")
+		}
+		syscall.Kill(-l.cmd.Process.Pid, syscall.SIGKILL)
+		l.logf.Close()
+		if t.Failed() || testing.Verbose() {
+			b, _ := os.ReadFile(l.logPath)
+			t.Logf("launcher log:\n%s", b)
+		}
+	})
+	return l
+}
+
+func (l *launchProc) start() {
+	l.t.Helper()
+	var err error
+	if l.logf, err = os.OpenFile(l.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	l.cmd = exec.Command(l.bin, l.args...)
+	l.cmd.Stdout, l.cmd.Stderr = l.logf, l.logf
+	l.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := l.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// powerCut kills the launcher and its agent at once, without warning, as a power cut does.
+func (l *launchProc) powerCut() {
+	syscall.Kill(-l.cmd.Process.Pid, syscall.SIGKILL)
+	l.cmd.Wait()
+	l.logf.Close()
+}
+
+// TestRuntimeUpdatePowerCut: the device loses power (launcher and agent killed together) while
+// the runtime bundle downloads, and again while the new agent is on trial; each time the launcher,
+// started again, runs an agent that works, and the update completes.
+func TestRuntimeUpdatePowerCut(t *testing.T) {
+	k := fleettest.NewKeys(t)
+	cp := fleettest.StartControlPlane(t, fleettest.CPOptions{TrustKeys: []string{k.PubPath}, BundleBytesPerSecond: 2 << 20})
+	v1 := buildAgentVersion(t, "1.0.0")
+	v2 := buildAgentVersion(t, "2.0.0")
+	b2, id2 := runtimeBundle(t, k, v2, "", "2.0.0")
+	cp.Push(b2)
+	const dev = "dev-cut"
+	data := filepath.Join(t.TempDir(), "data")
+	l := startLauncher(t, cp, k, v1, dev, data)
+	online := func(version string) func() bool {
+		return func() bool {
+			d := cp.Devices()[dev]
+			return d.Online && d.Reported != nil && d.Reported.AgentVersion == version
+		}
+	}
+	fleettest.Eventually(t, 30*time.Second, "v1 online", online("1.0.0"))
+	assign(t, cp, dev, bundle.RuntimeName+"@2.0.0", "4s")
+
+	var up runtimeup.State
+	fleettest.Eventually(t, 60*time.Second, "the download under way", func() bool {
+		b, _ := os.ReadFile(filepath.Join(launcher.RuntimeDir(data), "update.json"))
+		return json.Unmarshal(b, &up) == nil && up.Step == updater.StepDownloading
+	})
+	l.powerCut()
+	l.start()
+	fleettest.Eventually(t, 30*time.Second, "v1 back online", online("1.0.0"))
+
+	var ls launcher.State
+	fleettest.Eventually(t, 60*time.Second, "v2 on trial", func() bool {
+		var err error
+		ls, err = launcher.ReadState(data)
+		return err == nil && ls.Trial != nil
+	})
+	l.powerCut()
+	if ls, _ = launcher.ReadState(data); ls.Trial == nil || ls.Trial.Starts != 1 {
+		t.Fatalf("launch state after the cut on trial: %+v", ls)
+	}
+	l.start()
+	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
+	fleettest.Eventually(t, 10*time.Second, "v2 online", online("2.0.0"))
+	if ls, _ = launcher.ReadState(data); ls.Active == nil || ls.Active.Bundle != id2 || ls.Last.Result != launcher.ResultCommitted {
+		t.Fatalf("launch state at the end: %+v", ls)
+	}
 }
 
 // agentMaps returns /proc/PID/maps of the agent the launcher last started from slot.
