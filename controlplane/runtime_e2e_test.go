@@ -233,14 +233,14 @@ func TestRuntimeUpdatePowerCut(t *testing.T) {
 	fleettest.Eventually(t, 30*time.Second, "v1 back online", online("1.0.0"))
 
 	var ls launcher.State
-	fleettest.Eventually(t, 60*time.Second, "v2 on trial", func() bool {
+	fleettest.Eventually(t, 60*time.Second, "v2 started on trial", func() bool {
 		var err error
 		ls, err = launcher.ReadState(data)
-		return err == nil && ls.Trial != nil
+		return err == nil && ls.Trial != nil && ls.Trial.Starts >= 1
 	})
 	l.powerCut()
 	if ls, _ = launcher.ReadState(data); ls.Trial == nil || ls.Trial.Starts != 1 {
-		t.Fatalf("launch state after the cut on trial: %+v", ls)
+		t.Fatalf("launch state after the cut on trial: %+v (trial %+v)", ls, ls.Trial)
 	}
 	l.start()
 	waitModel(t, cp, dev, bundle.RuntimeName, "v2 committed", func(a, s, _ string) bool { return a == id2 && s == updater.StepCommitted })
