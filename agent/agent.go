@@ -84,7 +84,14 @@ type Config struct {
 	CaptureEvery     time.Duration
 	CaptureDriftPSI  float64
 	CaptureBlockSize int64
+	// LaunchSlot is the runtime slot this process runs from ($EDGEFLEET_LAUNCH_SLOT, set by
+	// `agent launch`); empty when no launcher supervises it, so runtime bundles are refused.
+	LaunchSlot string
 }
+
+// ErrRestart is what Run returns when the agent stops so that its launcher switches to a newly
+// installed agent; the command exits with launcher.ExitSwitch.
+var ErrRestart = errors.New("stopping for a switch to a new agent")
 
 // Agent is one running device agent.
 type Agent struct {
@@ -105,6 +112,9 @@ type Agent struct {
 	capture       *capture.Manager
 	captureDenied sync.Map // model -> logged that automatic captures are not permitted
 	runCtx        context.Context
+	// stopRun ends Run early; restart says it was for a runtime switch.
+	stopRun context.CancelFunc
+	restart bool
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
 	// ListenAddr is the local API's address once Ready.
@@ -180,6 +190,8 @@ func (a *Agent) saveLocked() error {
 // Run keeps the device connected and reporting until ctx ends, then publishes offline and
 // disconnects cleanly.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, a.stopRun = context.WithCancel(ctx)
+	defer a.stopRun()
 	a.host = telemetry.CollectHostFacts(ctx, a.cfg.DataDir)
 	if err := a.openSpool(); err != nil {
 		return err
@@ -224,6 +236,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() { defer wg.Done(); u.Run(ctx) }()
 	}
 	a.ota.mu.Unlock()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.ota.runtime.Run(ctx) }()
 	close(a.Ready)
 	wg.Add(3)
 	go func() { defer wg.Done(); a.telemetryLoop(ctx) }()
@@ -231,7 +245,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.drainLoop(ctx) }()
 	err := a.sessionLoop(ctx)
 	wg.Wait()
+	a.mu.Lock()
+	restart := a.restart
+	a.mu.Unlock()
+	if err == nil && restart {
+		return ErrRestart
+	}
 	return err
+}
+
+// requestRestart ends Run cleanly (offline status, spool closed) with ErrRestart.
+func (a *Agent) requestRestart() {
+	a.mu.Lock()
+	a.restart = true
+	stop := a.stopRun
+	a.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // reportLoop publishes reported state when something changed, at most every 200 ms, so a burst
@@ -378,10 +409,18 @@ func (a *Agent) publishStatus(ctx context.Context, c paho.Client, session uint64
 // disconnect publishes offline for the current session (a clean disconnect does not fire the Will).
 func (a *Agent) disconnect() {
 	a.mu.Lock()
-	c, session := a.client, a.state.Session
+	c, session, restart := a.client, a.state.Session, a.restart
 	a.connected = false
 	a.mu.Unlock()
 	if c == nil {
+		return
+	}
+	if restart {
+		// Switching to a new agent, which connects within a second: saying offline would make a
+		// rollout count this device as gone mid-install. A clean disconnect discards the Will
+		// too; the new agent's online (next session), or the previous agent's after a revert,
+		// follows.
+		c.Disconnect(500)
 		return
 	}
 	b, _ := json.Marshal(wire.Status{State: wire.StateOffline, Session: session, At: time.Now().UTC()})
@@ -451,7 +490,7 @@ func (a *Agent) publishReported(ctx context.Context) error {
 	models, gen, refused := a.modelReports()
 	rep := wire.Reported{
 		Device: a.cfg.ID, AgentVersion: cli.Version, Session: session, Group: a.cfg.Group, Labels: a.cfg.Labels,
-		Host: a.host, Runtime: a.ota.runtime, Generation: gen, DesiredError: refused, Models: models, At: time.Now().UTC(),
+		Host: a.host, Runtime: a.ota.facts, Generation: gen, DesiredError: refused, Models: models, At: time.Now().UTC(),
 	}
 	if a.spool != nil {
 		st := a.spool.Stats()
@@ -462,7 +501,11 @@ func (a *Agent) publishReported(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return waitToken(ctx, c.Publish(a.topics.Reported(a.cfg.ID), 1, true, b))
+	if err := waitToken(ctx, c.Publish(a.topics.Reported(a.cfg.ID), 1, true, b)); err != nil {
+		return err
+	}
+	a.ota.runtime.Reported() // an agent on trial is healthy once this went out
+	return nil
 }
 
 func (a *Agent) telemetryLoop(ctx context.Context) {

@@ -17,8 +17,10 @@ import (
 	"github.com/shirou/gopsutil/v3/mem"
 
 	"github.com/edgefleet/edgefleet/agent/infer"
+	"github.com/edgefleet/edgefleet/agent/runtimeup"
 	"github.com/edgefleet/edgefleet/agent/updater"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
+	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/ota/bundle"
@@ -58,7 +60,8 @@ type otaState struct {
 	accepted  desired.Accepted
 	refused   string // why the last desired state was refused
 	updaters  map[string]*updater.Updater
-	runtime   *wire.RuntimeFacts
+	runtime   *runtimeup.Updater // the agent's own updates (runtime bundles)
+	facts     *wire.RuntimeFacts
 	ortErr    error
 
 	server    *infer.Server
@@ -121,7 +124,7 @@ func (a *Agent) initOTA(ctx context.Context) error {
 	}
 	o.identity = id
 	rt.AgeRecipient = id.Recipient().String()
-	o.runtime = rt
+	o.facts = rt
 	o.fetcher = &updater.Fetcher{
 		Dir: filepath.Join(a.cfg.DataDir, "downloads"),
 		Request: func(ctx context.Context, r transfer.Request) error {
@@ -135,6 +138,13 @@ func (a *Agent) initOTA(ctx context.Context) error {
 		Subscribe:    func(id string) error { return a.carousel(id, true) },
 		Unsubscribe:  func(id string) error { return a.carousel(id, false) },
 		StallTimeout: a.cfg.StallTimeout,
+	}
+	o.runtime, err = runtimeup.New(runtimeup.Deps{
+		DataDir: a.cfg.DataDir, Fetcher: o.fetcher, Verifiers: a.verifiers, Report: a.requestReport,
+		Restart: a.requestRestart, Version: cli.Version, Slot: a.cfg.LaunchSlot, CrashAt: a.cfg.CrashAt, Logger: a.log,
+	})
+	if err != nil {
+		return err
 	}
 	// Models already installed: serve them before anything else.
 	ents, _ := os.ReadDir(filepath.Join(a.cfg.DataDir, "models"))
@@ -276,7 +286,10 @@ func (a *Agent) updater(name string) (*updater.Updater, error) {
 
 // checkRequirements: can this device run the bundle, with memory for a second session?
 func (a *Agent) checkRequirements(m *bundle.Manifest) (string, string) {
-	rt := a.ota.runtime
+	rt := a.ota.facts
+	if m.Kind != bundle.KindModel {
+		return updater.ReasonRequirements, fmt.Sprintf("bundle %s is a %s bundle; assign runtime bundles under the name %s", m.Ref(), m.Kind, bundle.RuntimeName)
+	}
 	if a.ota.ortErr != nil {
 		return updater.ReasonRequirements, "ONNX Runtime is not available: " + a.ota.ortErr.Error()
 	}
@@ -367,7 +380,12 @@ func (a *Agent) handleDesired(ctx context.Context, payload []byte) {
 
 func (a *Agent) applyTargets(st desired.State) {
 	o := a.ota
+	var rtTarget *updater.Target
 	for name, m := range st.Models {
+		if name == bundle.RuntimeName {
+			rtTarget = &updater.Target{Bundle: m.Bundle, Version: m.Version, Generation: st.Generation, Rollout: m.Rollout, Bake: time.Duration(m.Bake), Carousel: m.Carousel}
+			continue
+		}
 		u, err := a.updater(name)
 		if err != nil {
 			a.log.Warn("cannot manage model", "model", name, "err", err)
@@ -387,6 +405,7 @@ func (a *Agent) applyTargets(st desired.State) {
 	for _, u := range gone {
 		u.SetTarget(nil) // keeps serving what it has; nothing new is installed
 	}
+	o.runtime.SetTarget(rtTarget)
 }
 
 // onInstallChange reports every persisted lifecycle change: reported state, and an install event.
@@ -442,6 +461,9 @@ func (a *Agent) modelReports() (map[string]wire.ModelReport, uint64, string) {
 			r.Provider = m.Provider()
 		}
 		out[name] = r
+	}
+	if r, ok := o.runtime.Report(); ok {
+		out[bundle.RuntimeName] = r
 	}
 	return out, gen, refused
 }

@@ -198,7 +198,8 @@ func unitFile(t *testing.T, path string) map[string]map[string][]string {
 	return out
 }
 
-var units = map[string]string{"edgefleet-agent": "run", "edgefleet-controlplane": "serve"}
+// The agent's unit starts the launcher (`launch`), which runs `agent run` from its runtime slots.
+var units = map[string]string{"edgefleet-agent": "launch", "edgefleet-controlplane": "serve"}
 
 func TestUnitHardening(t *testing.T) {
 	for name, verb := range units {

@@ -160,3 +160,17 @@ func linkOrCopy(src, dst string) error {
 	}
 	return out.Close()
 }
+
+// VerifyDir is verifyDir for the runtime lifecycle (agent/runtimeup), which installs agent
+// binaries through the same checks as models.
+func VerifyDir(ctx context.Context, dir, id string, verifiers []bundle.Verifier) (*bundle.Manifest, error) {
+	// Runtime bundles are never encrypted, so the plaintext-slot flag does not apply.
+	return verifyDir(ctx, dir, id, verifiers, false)
+}
+
+// InstallSlot is installSlot for the runtime lifecycle.
+func InstallSlot(src, slot string, m *bundle.Manifest) error { return installSlot(src, slot, m, nil) }
+
+// ReasonOf maps a download or verification error to its reason code and whether it is worth
+// retrying.
+func ReasonOf(err error) (reason string, transient bool) { return reasonOf(err) }

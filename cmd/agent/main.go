@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/agent"
 	"github.com/edgefleet/edgefleet/agent/infer"
+	"github.com/edgefleet/edgefleet/agent/launcher"
 	"github.com/edgefleet/edgefleet/agent/sim"
 	"github.com/edgefleet/edgefleet/internal/cli"
 	"github.com/edgefleet/edgefleet/internal/config"
@@ -32,6 +33,7 @@ const topUsage = `usage: agent COMMAND [flags]
 
 commands:
   run        connect this device to the fleet and serve its models
+  launch     run the agent from its runtime slots, switching to (and reverting) agents updated by runtime bundles
   simulate   run N simulated devices (real agents with generated traffic) in one process
   version    print the version
 
@@ -47,6 +49,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		err = runAgent(ctx, args[1:], stdout, stderr) // stdout: --print-config
+		if errors.Is(err, agent.ErrRestart) {
+			return launcher.ExitSwitch
+		}
+	case "launch":
+		err = launch(ctx, args[1:], stdout, stderr)
+		if errors.Is(err, launcher.ErrUsage) {
+			fmt.Fprintln(stderr, "agent:", err)
+			return 2
+		}
 	case "simulate":
 		err = simulate(ctx, args[1:], stderr)
 	case "version", "--version", "-version":
@@ -181,7 +192,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		TrustKeys: trustKeys, ControlKey: *controlKey, Root: *root, Enrolled: enrolled, Listen: *listen, ORTLib: *ortLib, EP: *ep, IntraOpThreads: *threads,
 		MemoryReserve: *reserve, StallTimeout: *stall, Faults: fl, CrashAt: *crashAt,
 		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
-		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,
+		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, LaunchSlot: os.Getenv(launcher.EnvSlot), SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,
 		CaptureEvery: *captureEvery, CaptureDriftPSI: *captureDrift, CaptureBlockSize: *captureBlock,
 		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
 	})

@@ -106,7 +106,7 @@ func (k kvFlag) Set(v string) error {
 func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bundle build", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cli.Usage(fs, "controlplane bundle build --model M.onnx --name NAME --version SEMVER --key KEY --out FILE [flags]")
+	cli.Usage(fs, "controlplane bundle build --model M.onnx --name NAME --version SEMVER --key KEY --out FILE [flags]\n       controlplane bundle build --kind runtime --agent BIN [--ort-lib LIB] --version SEMVER --key KEY --out FILE")
 	model := fs.String("model", "", "the ONNX model")
 	name := fs.String("name", "", "model name")
 	version := fs.String("version", "", "semantic version, e.g. 1.2.0")
@@ -121,6 +121,9 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	embedding := fs.String("embedding", "", "name of an embedding output to profile for drift")
 	variant := fs.String("variant", "", "variant name, e.g. fp32 or int8")
 	kind := fs.String("kind", "model", "model or runtime")
+	agentBin := fs.String("agent", "", "runtime bundles: the agent binary (built with its version stamped, see make build)")
+	ortLib := fs.String("ort-lib", "", "runtime bundles: the ONNX Runtime library the new agent should load (optional)")
+	arch := fs.String("arch", "", "runtime bundles: the binary's architecture (default: read from its ELF header)")
 	quantize := fs.String("quantize", "", "int8 (static QDQ, calibrated on --reference; dynamic when nothing static applies), int8-static or int8-dynamic")
 	minAgreement := fs.Float64("min-agreement", 0.99, "accuracy gate of --quantize: agreement of int8 with fp32 on held-out reference samples")
 	force := fs.Bool("force", false, "ship an int8 variant that fails the accuracy gate or is slower than fp32 (recorded in the manifest)")
@@ -134,6 +137,9 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.Var(&encryptTo, "encrypt-to", "encrypt the payload to a fresh content key sealed to this age recipient: the control plane's DATA/encryption.pub (age1... or a file); repeatable")
 	if err := cli.Parse(fs, args); err != nil {
 		return err
+	}
+	if bundle.Kind(*kind) == bundle.KindRuntime {
+		return buildRuntime(ctx, *agentBin, *ortLib, *arch, *name, *version, *key, *out, *blockSize, prov, *quiet, stdout, stderr)
 	}
 	for flagName, v := range map[string]string{"model": *model, "name": *name, "version": *version, "key": *key, "out": *out} {
 		if v == "" {
@@ -163,12 +169,38 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if !*quiet {
 		o.Progress = stderr
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(*out), ".bundle-*")
+	return writeBundle(*out, stdout, func(w io.Writer) (*builder.Result, error) { return builder.Build(ctx, o, signer, w) })
+}
+
+// buildRuntime is `bundle build --kind runtime`: the agent binary (and library) for one arch.
+func buildRuntime(ctx context.Context, agentBin, ortLib, arch, name, version, key, out string, blockSize int64, prov map[string]string, quiet bool, stdout, stderr io.Writer) error {
+	for flagName, v := range map[string]string{"agent": agentBin, "version": version, "key": key, "out": out} {
+		if v == "" {
+			return fmt.Errorf("--%s is required with --kind runtime", flagName)
+		}
+	}
+	if name != "" && name != bundle.RuntimeName {
+		return fmt.Errorf("runtime bundles are named %q (the name the agent looks for in its desired state); drop --name or use that", bundle.RuntimeName)
+	}
+	signer, err := sign.LoadSigner(key)
+	if err != nil {
+		return err
+	}
+	o := builder.RuntimeOptions{AgentPath: agentBin, ORTLibPath: ortLib, Version: version, Arch: arch, Provenance: prov, BlockSize: blockSize}
+	if !quiet {
+		o.Progress = stderr
+	}
+	return writeBundle(out, stdout, func(w io.Writer) (*builder.Result, error) { return builder.BuildRuntime(ctx, o, signer, w) })
+}
+
+// writeBundle builds into a temp file next to out and renames it into place, printing the id.
+func writeBundle(out string, stdout io.Writer, build func(io.Writer) (*builder.Result, error)) error {
+	tmp, err := os.CreateTemp(filepath.Dir(out), ".bundle-*")
 	if err != nil {
 		return fmt.Errorf("create output: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	res, err := builder.Build(ctx, o, signer, tmp)
+	res, err := build(tmp)
 	if err == nil {
 		err = tmp.Chmod(0o644) // a bundle is public; its signature protects it
 	}
@@ -179,10 +211,10 @@ func bundleBuild(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), *out); err != nil {
+	if err := os.Rename(tmp.Name(), out); err != nil {
 		return err
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(*out)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(out)); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s\n", res.ID)

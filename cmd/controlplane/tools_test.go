@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -290,5 +291,62 @@ func TestBundleBuildEncrypted(t *testing.T) {
 	}
 	if _, errs, code := cmd(t, append(base, "--out", filepath.Join(dir, "x.bundle"), "--encrypt-to", "age1notarecipient")...); code == 0 || !strings.Contains(errs, "encrypt-to") {
 		t.Fatalf("bad recipient: exit %d %s", code, errs)
+	}
+}
+
+// TestBundleBuildRuntime: `bundle build --kind runtime` packs an agent binary (here this test's
+// own executable, an ELF of the host's arch) and an optional library, signed, named
+// edgefleet-agent, with the arch as requirement and variant; wrong uses are refused plainly.
+func TestBundleBuildRuntime(t *testing.T) {
+	dir := t.TempDir()
+	mustCmd(t, "keys", "generate", "--out", dir)
+	key := filepath.Join(dir, "release.key")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lib := filepath.Join(dir, "libonnxruntime.so.1")
+	os.WriteFile(lib, []byte("not really a library"), 0o644)
+	out := filepath.Join(dir, "agent.bundle")
+	id := strings.TrimSpace(mustCmd(t, "bundle", "build", "--kind", "runtime", "--agent", self, "--ort-lib", lib, "--version", "1.5.0",
+		"--key", key, "--out", out, "--quiet"))
+	if v := mustCmd(t, "bundle", "verify", "--key", filepath.Join(dir, "release.pub"), out); !strings.Contains(v, id) {
+		t.Fatalf("verify: %s", v)
+	}
+	var man struct {
+		Kind, Name, Version, Variant string
+		Requirements                 struct{ Arch []string }
+		Files                        []struct{ Path, Role string }
+	}
+	if err := json.Unmarshal([]byte(mustCmd(t, "bundle", "inspect", out)), &man); err != nil {
+		t.Fatal(err)
+	}
+	arch := runtime.GOARCH
+	if man.Kind != "runtime" || man.Name != "edgefleet-agent" || man.Version != "1.5.0" || man.Variant != arch ||
+		len(man.Requirements.Arch) != 1 || man.Requirements.Arch[0] != arch || len(man.Files) != 2 ||
+		man.Files[0].Path != "agent" || man.Files[1].Path != "libonnxruntime.so" || man.Files[0].Role != "runtime" {
+		t.Fatalf("manifest: %+v", man)
+	}
+
+	script := filepath.Join(dir, "agent.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755)
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"no agent":         {[]string{"--version", "1.0.0"}, "--agent is required"},
+		"another name":     {[]string{"--agent", self, "--name", "wake", "--version", "1.0.0"}, "edgefleet-agent"},
+		"not ELF, no arch": {[]string{"--agent", script, "--version", "1.0.0"}, "pass --arch"},
+		"bad version":      {[]string{"--agent", self, "--version", "one"}, "semantic version"},
+		"model named so":   {[]string{"--kind", "model", "--model", self, "--name", "edgefleet-agent", "--version", "1.0.0"}, "reserved"},
+		"script with arch": {[]string{"--agent", script, "--arch", "arm64", "--version", "1.0.0"}, ""},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := append([]string{"bundle", "build", "--kind", "runtime", "--key", key, "--out", filepath.Join(t.TempDir(), "b"), "--quiet"}, tc.args...)
+			_, errs, code := cmd(t, args...)
+			if (tc.want == "") != (code == 0) || !strings.Contains(errs, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want %q", code, errs, tc.want)
+			}
+		})
 	}
 }

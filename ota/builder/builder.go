@@ -82,7 +82,10 @@ func Build(ctx context.Context, o Options, signer bundle.Signer, out io.Writer) 
 		o.Tolerance = golden.DefaultTolerance
 	}
 	if o.Kind != bundle.KindModel {
-		return nil, fmt.Errorf("building %s bundles is not supported by this command yet", o.Kind)
+		return nil, fmt.Errorf("build %s bundles with BuildRuntime (bundle build --kind runtime --agent BIN)", o.Kind)
+	}
+	if o.Name == bundle.RuntimeName {
+		return nil, fmt.Errorf("the name %q is reserved for runtime bundles (the agent itself); choose another model name", bundle.RuntimeName)
 	}
 	if err := onnxrt.Init(""); err != nil {
 		return nil, err

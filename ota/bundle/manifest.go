@@ -40,6 +40,17 @@ const (
 	KindRuntime Kind = "runtime" // a new agent binary or ONNX Runtime library
 )
 
+// RuntimeName is the name runtime bundles are built and assigned under: the desired state keys
+// bundles by name, so the agent (and rollouts, gates, group rollback) find its own update there
+// like any model's. Model bundles may not use it.
+const RuntimeName = "edgefleet-agent"
+
+// Payload names of a runtime bundle: the agent binary and the optional ONNX Runtime library.
+const (
+	RuntimeAgentFile  = "agent"
+	RuntimeORTLibFile = "libonnxruntime.so"
+)
+
 // Role says what a payload file is for; the agent finds files by role, not by name.
 type Role string
 
