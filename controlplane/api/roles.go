@@ -28,6 +28,7 @@ var routeRoles = map[string]auth.Role{
 	"POST /api/v1/session/logout": auth.Public,
 
 	"GET /api/v1/audit":                 auth.Viewer,
+	"GET /api/v1/cluster":               auth.Viewer,
 	"GET /api/v1/drift":                 auth.Viewer,
 	"GET /api/v1/devices":               auth.Viewer,
 	"GET /api/v1/devices/:id":           auth.Viewer,
