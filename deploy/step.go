@@ -235,10 +235,15 @@ func (r *Rollout) stepRunning(now time.Time, obs Observation) (acts []Action, ad
 		acts = append(acts, a...)
 		w = r.wave(obs)
 	}
-	if w.planned > 0 || w.inFlight > w.offlineInFlight {
+	// A wave whose every device is offline mid-install has nothing to judge yet: wait for them
+	// (offline_max bounds how many may be away) rather than read 0 of 0 as a failure.
+	if w.planned > 0 || w.inFlight > w.offlineInFlight || (w.total > 0 && w.total == w.offlineInFlight) {
 		reason := "waiting for devices to install"
-		if w.planned > 0 {
+		switch {
+		case w.planned > 0:
 			reason = "waiting for the rate limit"
+		case w.inFlight == w.offlineInFlight:
+			reason = "waiting for offline devices to come back and install"
 		}
 		return append(acts, r.decide(now, ActWait, reason, w.inputs(), Controller)...), false
 	}

@@ -448,3 +448,28 @@ func TestVerbsFromWrongStates(t *testing.T) {
 		t.Fatalf("inconsistent rollout: %v", err)
 	}
 }
+
+// TestOfflineCanaryWaits: a one-device stage whose device goes offline while installing (an agent
+// restarting into a new runtime, a power cut) waits for it: with nothing left to judge, the
+// install-success ratio must not be read as 0 of 1.
+func TestOfflineCanaryWaits(t *testing.T) {
+	s := newSim(14, 4, 2, 10)
+	s.manualInstall = true
+	spec := testSpec()
+	spec.Stages[0] = Stage{Devices: 1, Bake: Duration(time.Minute)}
+	one := 1
+	spec.Gates.OfflineMax = &one
+	r := newRollout(t, s, spec)
+	acts, _ := Step(s.now, r, s.observe(r))
+	s.apply(acts)
+	s.devs[r.Devices[0].Device].online = false
+	for range 3 {
+		s.now = s.now.Add(10 * time.Second)
+		if _, err := Step(s.now, r, s.observe(r)); err != nil {
+			t.Fatal(err)
+		}
+		if r.State != Running || lastDecision(r).Action != ActWait {
+			t.Fatalf("state %s, %+v: an offline canary must be waited for", r.State, lastDecision(r))
+		}
+	}
+}
