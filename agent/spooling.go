@@ -11,7 +11,6 @@ import (
 	"github.com/edgefleet/edgefleet/agent/spool"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry"
-	"github.com/edgefleet/edgefleet/telemetry/drift"
 )
 
 // openSpool opens the telemetry spool: every message gets its sequence number there and stays on
@@ -37,37 +36,12 @@ func mergeTelemetry(older, newer spool.Entry) (spool.Entry, bool) {
 		return newer, true
 	case telemetry.KindInference:
 		var o, n telemetry.InferenceWindow
-		if json.Unmarshal(older.Body, &o) != nil || json.Unmarshal(newer.Body, &n) != nil || o.Bundle != n.Bundle || o.Model != n.Model {
+		if json.Unmarshal(older.Body, &o) != nil || json.Unmarshal(newer.Body, &n) != nil {
 			return spool.Entry{}, false
 		}
-		m := n
-		m.Start = o.Start
-		m.Requests += o.Requests
-		m.Errors += o.Errors
-		if len(o.ErrorsByReason) > 0 {
-			m.ErrorsByReason = map[string]uint64{}
-			for k, v := range o.ErrorsByReason {
-				m.ErrorsByReason[k] += v
-			}
-			for k, v := range n.ErrorsByReason {
-				m.ErrorsByReason[k] += v
-			}
-		}
-		if o.Latency.Count > 0 {
-			if n.Latency.Count == 0 {
-				m.Latency = o.Latency
-			} else if l, err := o.Latency.Merge(n.Latency); err == nil {
-				m.Latency = l
-			} else {
-				return spool.Entry{}, false
-			}
-		}
-		if o.Drift != nil && n.Drift != nil {
-			d, err := drift.Merge(*o.Drift, *n.Drift)
-			if err != nil {
-				return spool.Entry{}, false
-			}
-			m.Drift = &d
+		m, err := telemetry.MergeInference(o, n)
+		if err != nil {
+			return spool.Entry{}, false
 		}
 		b, err := json.Marshal(m)
 		if err != nil {
