@@ -30,6 +30,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry"
+	"github.com/edgefleet/edgefleet/telemetry/budget"
 )
 
 // Config of one agent.
@@ -74,6 +75,9 @@ type Config struct {
 	// LocalMQTT, when set, answers inference requests on the device's local broker.
 	LocalMQTT      string
 	LocalMQTTTopic string
+	// TelemetryBudget is the most telemetry bytes a day (0: no limit); see package telemetry/budget
+	// for what gives way first.
+	TelemetryBudget int64
 }
 
 // Agent is one running device agent.
@@ -92,6 +96,9 @@ type Agent struct {
 	infTel *inferenceTelemetry
 	spool  *spool.Spool
 	runCtx context.Context
+	// budget is the telemetry byte budget (nil: none); budgetLevel the last level sent, -1 held.
+	budget      *budget.Budget
+	budgetLevel int
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
 	// ListenAddr is the local API's address once Ready.
@@ -172,6 +179,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.spool.Close()
+	if err := a.openBudget(time.Now()); err != nil {
+		return err
+	}
 	if err := a.initOTA(ctx); err != nil {
 		return err
 	}
@@ -469,10 +479,16 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		h := telemetry.CollectHealth(ctx, a.cfg.DataDir)
-		if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
-			a.log.Warn("health telemetry not sent", "err", err)
+		if a.budget != nil {
+			if ctx.Err() == nil {
+				a.budgetedTelemetry(ctx, h, a.collectInference(a.servedBundles()))
+			}
+		} else {
+			if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
+				a.log.Warn("health telemetry not sent", "err", err)
+			}
+			a.flushInference(ctx, a.servedBundles())
 		}
-		a.flushInference(ctx, a.servedBundles())
 		a.requestReport()
 		select {
 		case <-ctx.Done():

@@ -60,7 +60,12 @@ func (a *Agent) SendTelemetry(ctx context.Context, kind string, body any) error 
 	if err != nil {
 		return fmt.Errorf("encode %s telemetry: %w", kind, err)
 	}
-	now := time.Now().UTC()
+	return a.spoolRaw(kind, raw, time.Now())
+}
+
+// spoolRaw appends an encoded telemetry body.
+func (a *Agent) spoolRaw(kind string, raw []byte, now time.Time) error {
+	now = now.UTC()
 	if _, err := a.spool.Append(kind, raw, now, now); err != nil {
 		return fmt.Errorf("spool %s telemetry: %w", kind, err)
 	}
