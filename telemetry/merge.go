@@ -40,6 +40,24 @@ func MergeInference(o, n InferenceWindow) (InferenceWindow, error) {
 		}
 		m.Latency = l
 	}
+	if o.DriftMoments != nil || n.DriftMoments != nil {
+		// One side was sent without histograms: the merge can keep only moments.
+		om, nm := o.WithoutHistograms().DriftMoments, n.WithoutHistograms().DriftMoments
+		m.Drift = nil
+		switch {
+		case om == nil:
+			m.DriftMoments = nm
+		case nm == nil:
+			m.DriftMoments = om
+		default:
+			dm, err := mergeMoments(*om, *nm)
+			if err != nil {
+				return InferenceWindow{}, fmt.Errorf("merge drift moments of %s: %w", o.Bundle, err)
+			}
+			m.DriftMoments = &dm
+		}
+		return m, nil
+	}
 	switch {
 	case o.Drift != nil && n.Drift != nil:
 		d, err := drift.Merge(*o.Drift, *n.Drift)
@@ -100,4 +118,33 @@ type BudgetReport struct {
 	// (the device was over its budget); Reduced the windows sent without drift histograms.
 	Held    uint64 `json:"held"`
 	Reduced uint64 `json:"reduced"`
+}
+
+// mergeMoments pools two sets of per-feature moments (population variance, Chan et al.).
+func mergeMoments(a, b DriftMoments) (DriftMoments, error) {
+	if a.Reference != b.Reference || len(a.Features) != len(b.Features) {
+		return DriftMoments{}, drift.ErrMismatch
+	}
+	out := DriftMoments{Reference: a.Reference, Features: make([]FeatureMoments, len(a.Features))}
+	for i, x := range a.Features {
+		y := b.Features[i]
+		if x.Name != y.Name {
+			return DriftMoments{}, drift.ErrMismatch
+		}
+		f := FeatureMoments{Name: x.Name, Count: x.Count + y.Count, Missing: x.Missing + y.Missing}
+		switch {
+		case x.Count == 0:
+			f.Mean, f.Variance, f.Min, f.Max = y.Mean, y.Variance, y.Min, y.Max
+		case y.Count == 0:
+			f.Mean, f.Variance, f.Min, f.Max = x.Mean, x.Variance, x.Min, x.Max
+		default:
+			nx, ny, n := float64(x.Count), float64(y.Count), float64(f.Count)
+			d := y.Mean - x.Mean
+			f.Mean = x.Mean + d*ny/n
+			f.Variance = (nx*x.Variance + ny*y.Variance + d*d*nx*ny/n) / n
+			f.Min, f.Max = min(x.Min, y.Min), max(x.Max, y.Max)
+		}
+		out.Features[i] = f
+	}
+	return out, nil
 }
