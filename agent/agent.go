@@ -31,6 +31,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry"
+	"github.com/edgefleet/edgefleet/telemetry/budget"
 )
 
 // Config of one agent.
@@ -87,6 +88,9 @@ type Config struct {
 	// LaunchSlot is the runtime slot this process runs from ($EDGEFLEET_LAUNCH_SLOT, set by
 	// `agent launch`); empty when no launcher supervises it, so runtime bundles are refused.
 	LaunchSlot string
+	// TelemetryBudget is the most telemetry bytes a day (0: no limit); see package telemetry/budget
+	// for what gives way first.
+	TelemetryBudget int64
 }
 
 // ErrRestart is what Run returns when the agent stops so that its launcher switches to a newly
@@ -115,6 +119,9 @@ type Agent struct {
 	// stopRun ends Run early; restart says it was for a runtime switch.
 	stopRun context.CancelFunc
 	restart bool
+	// budget is the telemetry byte budget (nil: none); budgetLevel the last level sent, -1 held.
+	budget      *budget.Budget
+	budgetLevel int
 	// Ready is closed once installed models are loaded and the local API listens.
 	Ready chan struct{}
 	// ListenAddr is the local API's address once Ready.
@@ -197,6 +204,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer a.spool.Close()
+	if err := a.openBudget(time.Now()); err != nil {
+		return err
+	}
 	if err := a.initOTA(ctx); err != nil {
 		return err
 	}
@@ -528,10 +538,16 @@ func (a *Agent) telemetryLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		h := telemetry.CollectHealth(ctx, a.cfg.DataDir)
-		if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
-			a.log.Warn("health telemetry not sent", "err", err)
+		if a.budget != nil {
+			if ctx.Err() == nil {
+				a.budgetedTelemetry(ctx, h, a.collectInference(a.servedBundles()))
+			}
+		} else {
+			if err := a.SendTelemetry(ctx, telemetry.KindHealth, h); err != nil && ctx.Err() == nil {
+				a.log.Warn("health telemetry not sent", "err", err)
+			}
+			a.flushInference(ctx, a.servedBundles())
 		}
-		a.flushInference(ctx, a.servedBundles())
 		a.requestReport()
 		select {
 		case <-ctx.Done():

@@ -103,6 +103,15 @@ func shifted(out []onnxrt.Tensor, s float64) []onnxrt.Tensor {
 // flushInference sends every collector's window that saw traffic, and forgets collectors of
 // bundles no longer served.
 func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
+	for _, w := range a.collectInference(served) {
+		if err := a.SendTelemetry(ctx, telemetry.KindInference, w); err != nil && ctx.Err() == nil {
+			a.log.Debug("inference telemetry not sent", "model", w.Model, "err", err)
+		}
+	}
+}
+
+// collectInference ends every collector's window and returns those that saw traffic.
+func (a *Agent) collectInference(served map[string]bool) []telemetry.InferenceWindow {
 	it := a.infTel
 	it.mu.Lock()
 	var windows []telemetry.InferenceWindow
@@ -123,13 +132,12 @@ func (a *Agent) flushInference(ctx context.Context, served map[string]bool) {
 		}
 	}
 	it.mu.Unlock()
+	// Drift-triggered captures look at every window, whether it is sent now or held by the budget.
 	for _, w := range windows {
 		it.mu.Lock()
 		ref := it.refs[w.Bundle]
 		it.mu.Unlock()
 		a.captureOnDrift(w, ref)
-		if err := a.SendTelemetry(ctx, telemetry.KindInference, w); err != nil && ctx.Err() == nil {
-			a.log.Debug("inference telemetry not sent", "model", w.Model, "err", err)
-		}
 	}
+	return windows
 }

@@ -11,7 +11,6 @@ import (
 	"github.com/edgefleet/edgefleet/agent/spool"
 	"github.com/edgefleet/edgefleet/internal/wire"
 	"github.com/edgefleet/edgefleet/telemetry"
-	"github.com/edgefleet/edgefleet/telemetry/drift"
 )
 
 // openSpool opens the telemetry spool: every message gets its sequence number there and stays on
@@ -37,37 +36,12 @@ func mergeTelemetry(older, newer spool.Entry) (spool.Entry, bool) {
 		return newer, true
 	case telemetry.KindInference:
 		var o, n telemetry.InferenceWindow
-		if json.Unmarshal(older.Body, &o) != nil || json.Unmarshal(newer.Body, &n) != nil || o.Bundle != n.Bundle || o.Model != n.Model {
+		if json.Unmarshal(older.Body, &o) != nil || json.Unmarshal(newer.Body, &n) != nil {
 			return spool.Entry{}, false
 		}
-		m := n
-		m.Start = o.Start
-		m.Requests += o.Requests
-		m.Errors += o.Errors
-		if len(o.ErrorsByReason) > 0 {
-			m.ErrorsByReason = map[string]uint64{}
-			for k, v := range o.ErrorsByReason {
-				m.ErrorsByReason[k] += v
-			}
-			for k, v := range n.ErrorsByReason {
-				m.ErrorsByReason[k] += v
-			}
-		}
-		if o.Latency.Count > 0 {
-			if n.Latency.Count == 0 {
-				m.Latency = o.Latency
-			} else if l, err := o.Latency.Merge(n.Latency); err == nil {
-				m.Latency = l
-			} else {
-				return spool.Entry{}, false
-			}
-		}
-		if o.Drift != nil && n.Drift != nil {
-			d, err := drift.Merge(*o.Drift, *n.Drift)
-			if err != nil {
-				return spool.Entry{}, false
-			}
-			m.Drift = &d
+		m, err := telemetry.MergeInference(o, n)
+		if err != nil {
+			return spool.Entry{}, false
 		}
 		b, err := json.Marshal(m)
 		if err != nil {
@@ -86,7 +60,12 @@ func (a *Agent) SendTelemetry(ctx context.Context, kind string, body any) error 
 	if err != nil {
 		return fmt.Errorf("encode %s telemetry: %w", kind, err)
 	}
-	now := time.Now().UTC()
+	return a.spoolRaw(kind, raw, time.Now())
+}
+
+// spoolRaw appends an encoded telemetry body.
+func (a *Agent) spoolRaw(kind string, raw []byte, now time.Time) error {
+	now = now.UTC()
 	if _, err := a.spool.Append(kind, raw, now, now); err != nil {
 		return fmt.Errorf("spool %s telemetry: %w", kind, err)
 	}

@@ -34,6 +34,8 @@ type Health struct {
 	TempCelsius   *float64 `json:"temp_celsius,omitempty"`
 	UptimeSeconds uint64   `json:"uptime_seconds"`
 	ProcessRSS    uint64   `json:"process_rss_bytes,omitempty"`
+	// Budget is the device's telemetry byte budget, when it has one (agent --telemetry-budget).
+	Budget *BudgetReport `json:"budget,omitempty"`
 }
 
 // CollectHealth samples the host. dataDir is the folder whose file system's free space matters

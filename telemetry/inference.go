@@ -24,6 +24,8 @@ type InferenceWindow struct {
 	ErrorsByReason map[string]uint64 `json:"errors_by_reason,omitempty"`
 	Latency        hist.Snapshot     `json:"latency"`
 	Drift          *drift.Summary    `json:"drift,omitempty"`
+	// DriftMoments replaces Drift when the device's byte budget could not carry the histograms.
+	DriftMoments *DriftMoments `json:"drift_moments,omitempty"`
 	// Labeled predictions of this version that got ground truth in the window, Correct of them.
 	Correct uint64 `json:"correct,omitempty"`
 	Labeled uint64 `json:"labeled,omitempty"`

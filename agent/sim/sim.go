@@ -68,8 +68,10 @@ type Config struct {
 	// RequestsPerSecond is each device's inference rate (0: 2).
 	RequestsPerSecond float64
 	// Seed makes fault and group assignment reproducible.
-	Seed   uint64
-	Logger *slog.Logger
+	Seed uint64
+	// TelemetryBudget is each device's telemetry bytes per day (0: no limit).
+	TelemetryBudget int64
+	Logger          *slog.Logger
 }
 
 // ID is the id of simulated device i (1-based).
@@ -141,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 			ID: id, Broker: cfg.Broker, DataDir: filepath.Join(cfg.DataDir, id), Group: group,
 			Labels: map[string]string{"simulated": "true"}, Prefix: cfg.Prefix, TelemetryInterval: cfg.TelemetryInterval,
 			Logger: cfg.Logger, TrustKeys: cfg.TrustKeys, ControlKey: cfg.ControlKey, Root: cfg.Root, Faults: faults,
-			StallTimeout: 60 * time.Second, SpoolNoSync: true, DrainRate: 50,
+			StallTimeout: 60 * time.Second, SpoolNoSync: true, DrainRate: 50, TelemetryBudget: cfg.TelemetryBudget,
 		})
 		if err != nil {
 			return fmt.Errorf("device %s: %w", id, err)

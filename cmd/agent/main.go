@@ -116,6 +116,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	spoolBytes := fs.Int64("spool-max-bytes", 16<<20, "telemetry kept on disk while unacknowledged; beyond it old windows are merged, then dropped (counted)")
 	spoolAge := fs.Duration("spool-max-age", 7*24*time.Hour, "telemetry older than this is merged into coarse windows")
 	drainRate := fs.Float64("drain-rate", 20, "telemetry messages per second when catching up after a disconnect")
+	telBudget := fs.Int64("telemetry-budget", 0, "most telemetry bytes per rolling day (0: no limit); over it windows lengthen, then drift histograms shrink to moments, counts are never dropped")
 	crashAt := fs.String("crash-at", "", "testing only: kill the process right after the install lifecycle records this step")
 	captureEvery := fs.Duration("capture-every", 0, "capture samples of every served model this often, only where the group's capture policy allows it (0: off)")
 	captureDrift := fs.Float64("capture-drift-psi", 0, "capture samples of a model when a telemetry window's largest PSI against its bundle's reference passes this, only where the group's capture policy allows it (0: off)")
@@ -194,7 +195,8 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Serving:   infer.LoadOptions{Sessions: *sessions, Concurrency: *concurrency, MaxBatch: *maxBatch, MaxWait: *maxBatchWait},
 		LocalMQTT: *localMQTT, LocalMQTTTopic: *localTopic, LaunchSlot: os.Getenv(launcher.EnvSlot), SpoolMaxBytes: *spoolBytes, SpoolMaxAge: *spoolAge, DrainRate: *drainRate,
 		CaptureEvery: *captureEvery, CaptureDriftPSI: *captureDrift, CaptureBlockSize: *captureBlock,
-		Broker: mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
+		Broker:          mqttc.Config{URLs: urls, Username: *user, Password: *pass, CAFile: *ca, CertFile: *cert, KeyFile: *key},
+		TelemetryBudget: *telBudget,
 	})
 	if err != nil {
 		return err
@@ -219,6 +221,7 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	interval := fs.Duration("telemetry-interval", 60e9, "telemetry interval of each device")
 	rate := fs.Float64("rate", 2, "inference requests per second per device")
 	seed := fs.Uint64("seed", 1, "seed of group and fault assignment")
+	simBudget := fs.Int64("telemetry-budget", 0, "each device's most telemetry bytes per rolling day (0: no limit)")
 	fs.Var(&faults, "fault", "fault keyed by bundle version: 'bundle=NAME@VERSION,install=fail|smoke-fail|errors=P|latency=3x|output-shift=X[,fraction=F][,group=G]' or 'offline=F'; repeatable")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime shared library")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
@@ -253,5 +256,5 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	return sim.Run(ctx, sim.Config{Count: *count, Broker: mqttc.Config{URLs: urls}, DataDir: *data, Groups: gs, TrustKeys: trustKeys,
 		ControlKey: *controlKey, Root: *root, Prefix: *prefix, Faults: fl, TelemetryInterval: *interval, RequestsPerSecond: *rate,
-		Seed: *seed, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))})
+		Seed: *seed, TelemetryBudget: *simBudget, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))})
 }
