@@ -8,10 +8,11 @@ type Accuracy struct {
 	Labeled uint64 `json:"labeled"`
 }
 
-// Value is Correct/Labeled, or NaN without labels.
+// Value is Correct/Labeled, or 0 without labels (check Labeled: JSON has no NaN, and these
+// figures travel in API answers and webhook events).
 func (a Accuracy) Value() float64 {
 	if a.Labeled == 0 {
-		return math.NaN()
+		return 0
 	}
 	return float64(a.Correct) / float64(a.Labeled)
 }

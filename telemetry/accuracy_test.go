@@ -1,9 +1,20 @@
 package telemetry
 
 import (
+	"encoding/json"
 	"math/rand/v2"
 	"testing"
 )
+
+// TestConceptDriftJSON: without labels the verdict still encodes as JSON (NaN would not, and an
+// API answer or webhook event carrying it would fail to encode).
+func TestConceptDriftJSON(t *testing.T) {
+	c := DetectConceptDrift(Accuracy{}, Accuracy{}, false)
+	b, err := json.Marshal(c)
+	if err != nil || !c.TooFew {
+		t.Fatalf("%s %v %+v", b, err, c)
+	}
+}
 
 func TestDetectConceptDrift(t *testing.T) {
 	acc := func(c, n uint64) Accuracy { return Accuracy{Correct: c, Labeled: n} }
