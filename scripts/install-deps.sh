@@ -4,7 +4,7 @@
 # Runtime and sample models). As root it installs what is missing; otherwise it prints the command.
 set -euo pipefail
 pkgs=(mosquitto mosquitto-clients curl protobuf-compiler libonnx-dev iproute2 ca-certificates
-  gcc-aarch64-linux-gnu qemu-user-static binutils file dpkg-dev chromium fonts-dejavu-core prometheus nats-server)
+  gcc-aarch64-linux-gnu qemu-user-static binutils file dpkg-dev chromium fonts-dejavu-core prometheus nats-server postgresql)
 missing=()
 # npm may come from a non-Debian Node.js install (which conflicts with Debian's npm package):
 # only ask for Debian's when no npm is on the PATH.
