@@ -34,6 +34,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/retrain"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/controlplane/store/pgstore"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/wire"
@@ -71,6 +72,9 @@ type Config struct {
 	DesiredTTL time.Duration
 	// TelemetryRetention is how long telemetry messages are kept (default 7 days).
 	TelemetryRetention time.Duration
+	// TelemetryStore, when set (postgres://...), keeps telemetry history in PostgreSQL instead of
+	// the main store, where several replicas share it; metadata stays in the main store.
+	TelemetryStore string
 	// Retrain configures the retraining webhook; off without a URL.
 	Retrain RetrainConfig
 	Logger  *slog.Logger
@@ -190,7 +194,15 @@ func Run(ctx context.Context, cfg Config) error {
 	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
-	ing := ingest.New(st, publish, topics, cfg.TelemetryRetention, log)
+	telemetryStore, closeTelemetry, err := openTelemetryStore(ctx, cfg.TelemetryStore, st)
+	if err != nil {
+		return err
+	}
+	defer closeTelemetry()
+	ing := ingest.New(telemetryStore, publish, topics, cfg.TelemetryRetention, log)
+	if cfg.TelemetryStore != "" {
+		ing.SharedStore()
+	}
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},
@@ -435,4 +447,20 @@ type driftAPI struct{ c *cohorts }
 
 func (d driftAPI) FleetDrift(ctx context.Context, bundle, group string, since time.Time) (any, error) {
 	return d.c.Drift(ctx, bundle, group, since)
+}
+
+// openTelemetryStore returns where telemetry history goes: the main store by default, or the
+// PostgreSQL database named by a postgres:// URL, which several replicas can share.
+func openTelemetryStore(ctx context.Context, dsn string, main store.Store) (store.Store, func(), error) {
+	if dsn == "" {
+		return main, func() {}, nil
+	}
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		return nil, nil, errors.New("--telemetry-store: give a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
+	}
+	pg, err := pgstore.Open(ctx, dsn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open the telemetry store (--telemetry-store): %w", err)
+	}
+	return pg, func() { pg.Close() }, nil
 }

@@ -116,6 +116,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	requireCreds := fs.Bool("require-device-credentials", false, "embedded broker: refuse devices without enrolled credentials (recommended in production; off for the loopback demo)")
 	publicURL := fs.String("public-url", "", "this control plane's URL as devices reach it, written into enrollment tokens (default http://HTTP-ADDRESS)")
 	deviceBroker := fs.String("device-broker", "", "broker URL handed to enrolled devices (default the embedded broker's or --broker)")
+	telemetryStore := fs.String("telemetry-store", "", "keep telemetry history in PostgreSQL, shared by replicas: postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass; default: the main store)")
 	mosquittoDir := fs.String("mosquitto-dir", "", "keep a Mosquitto password file and ACL for the enrolled devices in this folder, rewritten on every enrollment and revocation")
 	// --config FILE and --print-config (internal/config): defaults < file < environment < flags.
 	if err := config.Parse(fs, args, stdout); err != nil {
@@ -144,6 +145,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "edgefleet control plane: console http://%s/  broker %s  admin token in %s\n", i.HTTPAddr, i.BrokerURL, tok)
 		},
 	}
+	cfg.TelemetryStore = *telemetryStore
 	if *brokerURL != "" {
 		urls, err := mqttc.ParseURLs(*brokerURL)
 		if err != nil {

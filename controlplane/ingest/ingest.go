@@ -54,6 +54,10 @@ type Ingest struct {
 	interval  time.Duration
 	maxBatch  int
 
+	// shared: other control planes write this store too (a replica set on PostgreSQL), so the
+	// accounting cache may be stale; every batch reads it from the store instead.
+	shared bool
+
 	mu      sync.Mutex
 	pending []wire.Telemetry
 	kick    chan struct{}
@@ -70,6 +74,13 @@ func New(st store.Store, publish Publisher, topics wire.Topics, retention time.D
 	return &Ingest{st: st, publish: publish, topics: topics, log: log, retention: retention, interval: 200 * time.Millisecond,
 		maxBatch: 512, kick: make(chan struct{}, 1), seqs: map[string]*deviceSeq{}}
 }
+
+// SharedStore tells the pipeline that other control planes write the same telemetry store (the
+// PostgreSQL telemetry store of a replica set): a device's shard may have moved away and back
+// since this process last saw it, so its accounting is read from the store in every batch (one
+// query per batch where the store can read many keys at once) instead of from this process's
+// cache. Call it before Run.
+func (in *Ingest) SharedStore() { in.shared = true }
 
 // Handle queues a validated telemetry message. It never blocks on the store.
 func (in *Ingest) Handle(m wire.Telemetry) {
@@ -136,11 +147,19 @@ func (in *Ingest) Flush(ctx context.Context) error {
 		for k := range changed {
 			delete(changed, k)
 		}
+		stored, err := in.prefetch(tx, batch)
+		if err != nil {
+			return err
+		}
 		for _, m := range batch {
 			ds, ok := changed[m.Device]
 			if !ok {
 				ds = &deviceSeq{}
-				if c, ok := in.cached(m.Device); ok {
+				if b, ok := stored[m.Device]; ok {
+					if err := json.Unmarshal(b, ds); err != nil {
+						return fmt.Errorf("decode telemetry accounting of %s: %w", m.Device, err)
+					}
+				} else if c, ok := in.cached(m.Device); ok && !in.shared {
 					*ds = c
 				} else if err := store.GetJSON(tx, bucketSeq, m.Device, ds); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
@@ -190,6 +209,31 @@ func (in *Ingest) Flush(ctx context.Context) error {
 		in.acks.Add(1)
 	}
 	return nil
+}
+
+// prefetch reads, on a shared store that can read many keys at once, the accounting of every
+// device in the batch in one round trip. It returns nil otherwise (the loop reads per device).
+func (in *Ingest) prefetch(tx store.Tx, batch []wire.Telemetry) (map[string][]byte, error) {
+	mg, ok := tx.(store.MultiGetter)
+	if !in.shared || !ok {
+		return nil, nil
+	}
+	var devs []string
+	for i, m := range batch {
+		if i == 0 || m.Device != batch[i-1].Device { // batch is sorted by device
+			devs = append(devs, m.Device)
+		}
+	}
+	got, err := mg.GetMany(bucketSeq, devs)
+	if err != nil {
+		return nil, fmt.Errorf("read telemetry accounting of %d devices: %w", len(devs), err)
+	}
+	for _, d := range devs {
+		if _, ok := got[d]; !ok {
+			got[d] = []byte(`{}`) // none yet: start from zero without asking again
+		}
+	}
+	return got, nil
 }
 
 func (in *Ingest) cached(dev string) (deviceSeq, bool) {
@@ -288,7 +332,8 @@ type Accounting struct {
 // Account returns a device's accounting.
 func (in *Ingest) Account(ctx context.Context, device string) (Accounting, error) {
 	ds, ok := in.cached(device)
-	if !ok {
+	if !ok || in.shared {
+		ds = deviceSeq{}
 		err := in.st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketSeq, device, &ds) })
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return Accounting{}, err

@@ -37,3 +37,10 @@ type Tx interface {
 
 // ErrStop can be returned from a ForEach callback to end the walk early without an error.
 var ErrStop = errors.New("stop iteration")
+
+// MultiGetter is implemented by transactions that can read many keys of a bucket in one round
+// trip (a networked store); callers that read a batch use it when the Tx has it, Get otherwise.
+type MultiGetter interface {
+	// GetMany returns the values of the keys that exist; missing keys are absent from the map.
+	GetMany(bucket string, keys []string) (map[string][]byte, error)
+}

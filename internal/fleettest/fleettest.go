@@ -109,6 +109,8 @@ type CPOptions struct {
 	// RequireDeviceCredentials and MosquittoDir: see controlplane.Config (enrollment).
 	RequireDeviceCredentials bool
 	MosquittoDir             string
+	// TelemetryStore: see controlplane.Config (postgres://...).
+	TelemetryStore string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -126,6 +128,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		BundleBytesPerSecond: o.BundleBytesPerSecond, CarouselMin: o.CarouselMin, Retrain: o.Retrain,
 		RequireDeviceCredentials: o.RequireDeviceCredentials, MosquittoDir: o.MosquittoDir,
 	}}
+	cp.Cfg.TelemetryStore = o.TelemetryStore
 	cp.start()
 	t.Cleanup(cp.Stop)
 	return cp

@@ -410,3 +410,42 @@ func (t *tx) flush() error {
 	}
 	return nil
 }
+
+var _ store.MultiGetter = (*tx)(nil)
+
+// GetMany reads many keys in one query: ingest reads the accounting of every device in a batch.
+func (t *tx) GetMany(bucket string, keys []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(keys))
+	var ask [][]byte
+	for _, k := range keys {
+		if v, ok := t.pending[bucket][k]; ok {
+			if v != nil {
+				out[k] = bytes.Clone(v)
+			}
+			continue
+		}
+		ask = append(ask, []byte(k))
+	}
+	if len(ask) == 0 {
+		return out, nil
+	}
+	rows, err := t.pt.Query(t.ctx, `SELECT key, value FROM `+tableKV+` WHERE bucket = $1 AND key = ANY($2::bytea[])`, bucket, ask)
+	if err != nil {
+		return nil, t.check(fmt.Errorf("get %d keys of %s: %w", len(ask), bucket, err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k, v []byte
+		if err := rows.Scan(&k, &v); err != nil {
+			return nil, fmt.Errorf("get keys of %s: %w", bucket, err)
+		}
+		if v == nil {
+			v = []byte{}
+		}
+		out[string(k)] = v
+	}
+	if err := rows.Err(); err != nil {
+		return nil, t.check(fmt.Errorf("get %d keys of %s: %w", len(ask), bucket, err))
+	}
+	return out, nil
+}
