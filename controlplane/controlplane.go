@@ -202,6 +202,13 @@ func Run(ctx context.Context, cfg Config) error {
 	ing := ingest.New(telemetryStore, publish, topics, cfg.TelemetryRetention, log)
 	if cfg.TelemetryStore != "" {
 		ing.SharedStore()
+		n, err := ingest.CarryAccounting(ctx, st, telemetryStore)
+		if err != nil {
+			return fmt.Errorf("copy telemetry accounting into the telemetry store: %w", err)
+		}
+		if n > 0 {
+			log.Info("copied telemetry accounting into the telemetry store; devices resume after their last acknowledged message", "devices", n)
+		}
 	}
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.

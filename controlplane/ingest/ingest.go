@@ -82,6 +82,60 @@ func New(st store.Store, publish Publisher, topics wire.Topics, retention time.D
 // cache. Call it before Run.
 func (in *Ingest) SharedStore() { in.shared = true }
 
+// CarryAccounting copies each device's sequence accounting from one store to another that has
+// none for it, and returns how many it copied. A control plane that moves its telemetry to a new
+// store (the main store to PostgreSQL) calls it before Run: without the accounting, the new store
+// would wait forever for sequence numbers the devices were acknowledged long ago and deleted.
+// Messages are not copied: the history stays where it was.
+func CarryAccounting(ctx context.Context, from, to store.Store) (int, error) {
+	old := map[string][]byte{}
+	if err := from.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, v []byte) error { old[dev] = v; return nil })
+	}); err != nil || len(old) == 0 {
+		return 0, err
+	}
+	err := to.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, _ []byte) error { delete(old, dev); return nil })
+	})
+	if err != nil || len(old) == 0 {
+		return 0, err
+	}
+	n := 0
+	err = to.Update(ctx, func(tx store.Tx) error {
+		n = 0
+		have := map[string][]byte{}
+		mg, batched := tx.(store.MultiGetter)
+		if batched { // one query, not one per device
+			devs := make([]string, 0, len(old))
+			for dev := range old {
+				devs = append(devs, dev)
+			}
+			var err error
+			if have, err = mg.GetMany(bucketSeq, devs); err != nil {
+				return err
+			}
+		}
+		for dev, v := range old {
+			if _, ok := have[dev]; ok {
+				continue // another replica got there first
+			}
+			if !batched {
+				if _, err := tx.Get(bucketSeq, dev); err == nil {
+					continue
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+			if err := tx.Put(bucketSeq, dev, v); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
 // Handle queues a validated telemetry message. It never blocks on the store.
 func (in *Ingest) Handle(m wire.Telemetry) {
 	in.received.Add(1)

@@ -81,3 +81,47 @@ func TestSharedStoreShardMovesAndBack(t *testing.T) {
 		})
 	}
 }
+
+// Moving telemetry to a new store carries each device's accounting over (where the new store has
+// none), so the device is acknowledged from where it was, not asked for its whole history.
+func TestCarryAccounting(t *testing.T) {
+	dsn := pgtest.Start(t, pgtest.Options{}).NewDatabase(t)
+	pg, err := pgstore.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	ctx := context.Background()
+	tp := wire.NewTopics("")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	old := store.NewMemory()
+	a := &acks{last: map[string]uint64{}}
+	before := New(old, a.publish, tp, 0, log)
+	for q := uint64(1); q <= 5; q++ {
+		before.Handle(msg("moved", q, 0, "health"))
+		before.Handle(msg("both", q, 0, "health"))
+	}
+	before.Flush(ctx)
+	// "both" already has accounting in the new store (another replica committed there first).
+	repl := New(pg, a.publish, tp, 0, log)
+	repl.SharedStore()
+	repl.Handle(msg("both", 9, 9, "health"))
+	repl.Flush(ctx)
+
+	for i, want := range []int{1, 0} { // a second start copies nothing
+		n, err := CarryAccounting(ctx, old, pg)
+		if err != nil || n != want {
+			t.Fatalf("start %d: copied %d, %v; want %d", i, n, err, want)
+		}
+	}
+	after := New(pg, a.publish, tp, 0, log)
+	after.SharedStore()
+	after.Handle(msg("moved", 6, 0, "health"))
+	after.Flush(ctx)
+	if got := a.last[tp.Ack("moved")]; got != 6 {
+		t.Fatalf("ack after the move %d, want 6", got)
+	}
+	if acc, _ := after.Account(ctx, "both"); acc.Contiguous != 0 || acc.Pending != 1 {
+		t.Fatalf("accounting the new store already had was overwritten: %+v", acc)
+	}
+}

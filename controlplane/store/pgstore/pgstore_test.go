@@ -161,6 +161,7 @@ func BenchmarkBatchUpdate512(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N*512)/b.Elapsed().Seconds(), "msgs/s")
 	}
+	srv := pgtest.Start(b, pgtest.Options{Durable: true}) // once: sub-benchmarks run several times
 	b.Run("bbolt", func(b *testing.B) {
 		s, err := store.OpenBolt(filepath.Join(b.TempDir(), "cp.db"))
 		if err != nil {
@@ -170,7 +171,6 @@ func BenchmarkBatchUpdate512(b *testing.B) {
 		run(b, s)
 	})
 	b.Run("postgres", func(b *testing.B) {
-		srv := pgtest.Start(b, pgtest.Options{Durable: true})
 		s := open(b, srv.NewDatabase(b))
 		defer s.Close()
 		run(b, s)
