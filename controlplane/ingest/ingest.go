@@ -421,32 +421,62 @@ func (in *Ingest) Query(ctx context.Context, device, kind string, since time.Tim
 	return out, err
 }
 
-// Prune deletes messages older than the retention.
+// pruneChunk bounds how many deletions one retention transaction carries: a week of history of a
+// large fleet expires by millions of rows a day, which must not become one transaction (or one
+// slice in memory).
+const pruneChunk = 10000
+
+// Prune deletes messages older than the retention, device by device, in transactions of at most
+// pruneChunk deletions (plus one device's).
 func (in *Ingest) Prune(ctx context.Context, now time.Time) error {
 	cut := now.Add(-in.retention)
+	var devices []string
+	if err := in.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, _ []byte) error { devices = append(devices, dev); return nil })
+	}); err != nil {
+		return fmt.Errorf("list devices with telemetry: %w", err)
+	}
 	var old []string
-	err := in.st.View(ctx, func(tx store.Tx) error {
-		return tx.ForEach(bucketData, "", func(k string, v []byte) error {
-			var m struct {
-				At time.Time `json:"at"`
-			}
-			if json.Unmarshal(v, &m) == nil && m.At.Before(cut) {
-				old = append(old, k)
+	drop := func() error {
+		if len(old) == 0 {
+			return nil
+		}
+		err := in.st.Update(ctx, func(tx store.Tx) error {
+			for _, k := range old {
+				if err := tx.Delete(bucketData, k); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
-	})
-	if err != nil || len(old) == 0 {
-		return err
+		if err != nil {
+			return fmt.Errorf("delete %d expired telemetry messages: %w", len(old), err)
+		}
+		old = old[:0]
+		return nil
 	}
-	return in.st.Update(ctx, func(tx store.Tx) error {
-		for _, k := range old {
-			if err := tx.Delete(bucketData, k); err != nil {
+	for _, dev := range devices {
+		err := in.st.View(ctx, func(tx store.Tx) error {
+			return tx.ForEach(bucketData, dev+"/", func(k string, v []byte) error {
+				var m struct {
+					At time.Time `json:"at"`
+				}
+				if json.Unmarshal(v, &m) == nil && m.At.Before(cut) {
+					old = append(old, k)
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return fmt.Errorf("find expired telemetry of %s: %w", dev, err)
+		}
+		if len(old) >= pruneChunk {
+			if err := drop(); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	return drop()
 }
 
 // Stats returns counters.
