@@ -58,6 +58,11 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 		// pgx redacts the password in its parse errors.
 		return nil, fmt.Errorf("PostgreSQL store: %w", err)
 	}
+	if !strings.Contains(dsn, "pool_max_conns") {
+		// pgxpool's default is the CPU count (at least 4); API reads, drift views and ingest run
+		// side by side, and each transaction holds a connection until it ends.
+		cfg.MaxConns = max(cfg.MaxConns, 16)
+	}
 	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
