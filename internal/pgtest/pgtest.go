@@ -143,9 +143,12 @@ func start(t testing.TB, bin, dir, data, logPath string, cred *syscall.Credentia
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 	args := []string{"-D", data, "-p", strconv.Itoa(port), "-c", "listen_addresses=127.0.0.1",
-		"-c", "unix_socket_directories=" + dir, "-c", "max_connections=200", "-c", "logging_collector=off"}
+		"-c", "unix_socket_directories=" + dir, "-c", "max_connections=100", "-c", "logging_collector=off",
+		// Containers often have a small /dev/shm; files in the data folder work everywhere.
+		"-c", "dynamic_shared_memory_type=mmap"}
 	if !o.Durable {
-		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+		args = append(args, "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+			"-c", "shared_buffers=32MB")
 	}
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
