@@ -35,6 +35,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/retrain"
 	"github.com/edgefleet/edgefleet/controlplane/rollout"
 	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/controlplane/store/pgstore"
 	"github.com/edgefleet/edgefleet/internal/atomicfile"
 	"github.com/edgefleet/edgefleet/internal/dataset"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
@@ -73,6 +74,9 @@ type Config struct {
 	DesiredTTL time.Duration
 	// TelemetryRetention is how long telemetry messages are kept (default 7 days).
 	TelemetryRetention time.Duration
+	// TelemetryStore, when set (postgres://...), keeps telemetry history in PostgreSQL instead of
+	// the main store, where several replicas share it; metadata stays in the main store.
+	TelemetryStore string
 	// Retrain configures the retraining webhook; off without a URL.
 	Retrain RetrainConfig
 	Logger  *slog.Logger
@@ -224,7 +228,22 @@ func Run(ctx context.Context, cfg Config) error {
 	ds := &desiredService{st: st, reg: reg, bundles: breg, assigner: assigner, carouselMin: cfg.CarouselMin, log: log, ctx: svcCtx, carousel: map[string]time.Time{}}
 	blocks := blocksrv.New(blocksrv.Config{Source: breg, Publish: publish, Topics: topics, Allowed: ds.allowed, BytesPerSecond: cfg.BundleBytesPerSecond, Logger: log})
 	ds.blocks = blocks
-	ing := ingest.New(stores.telemetry, publish, topics, cfg.TelemetryRetention, log)
+	telemetryStore, closeTelemetry, err := openTelemetryStore(ctx, cfg.TelemetryStore, stores.telemetry)
+	if err != nil {
+		return err
+	}
+	defer closeTelemetry()
+	ing := ingest.New(telemetryStore, publish, topics, cfg.TelemetryRetention, log)
+	if cfg.TelemetryStore != "" {
+		ing.SharedStore()
+		n, err := ingest.CarryAccounting(ctx, stores.telemetry, telemetryStore)
+		if err != nil {
+			return fmt.Errorf("copy telemetry accounting into the telemetry store: %w", err)
+		}
+		if n > 0 {
+			log.Info("copied telemetry accounting into the telemetry store; devices resume after their last acknowledged message", "devices", n)
+		}
+	}
 	// A completed dataset is a retraining event when a webhook is configured (set below).
 	var retrainNotifier *retrain.Notifier
 	onDataset := func(ctx context.Context, r datasets.Record) {
@@ -516,4 +535,20 @@ type driftAPI struct{ c *cohorts }
 
 func (d driftAPI) FleetDrift(ctx context.Context, bundle, group string, since time.Time) (any, error) {
 	return d.c.Drift(ctx, bundle, group, since)
+}
+
+// openTelemetryStore returns where telemetry history goes: the main store by default, or the
+// PostgreSQL database named by a postgres:// URL, which several replicas can share.
+func openTelemetryStore(ctx context.Context, dsn string, main store.Store) (store.Store, func(), error) {
+	if dsn == "" {
+		return main, func() {}, nil
+	}
+	if !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		return nil, nil, errors.New("--telemetry-store: give a PostgreSQL URL, postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass)")
+	}
+	pg, err := pgstore.Open(ctx, dsn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open the telemetry store (--telemetry-store): %w", err)
+	}
+	return pg, func() { pg.Close() }, nil
 }

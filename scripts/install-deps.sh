@@ -5,7 +5,7 @@
 set -euo pipefail
 pkgs=(mosquitto mosquitto-clients curl protobuf-compiler libonnx-dev iproute2 ca-certificates
   gcc-aarch64-linux-gnu qemu-user-static binutils file dpkg-dev chromium fonts-dejavu-core prometheus nats-server
-  etcd-server)
+  etcd-server postgresql)
 missing=()
 # npm may come from a non-Debian Node.js install (which conflicts with Debian's npm package):
 # only ask for Debian's when no npm is on the PATH.

@@ -118,6 +118,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	requireCreds := fs.Bool("require-device-credentials", false, "embedded broker: refuse devices without enrolled credentials (recommended in production; off for the loopback demo)")
 	publicURL := fs.String("public-url", "", "this control plane's URL as devices reach it, written into enrollment tokens (default http://HTTP-ADDRESS)")
 	deviceBroker := fs.String("device-broker", "", "broker URL handed to enrolled devices (default the embedded broker's or --broker)")
+	telemetryStore := fs.String("telemetry-store", "", "keep telemetry history in PostgreSQL, shared by replicas: postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass; default: the main store)")
 	mosquittoDir := fs.String("mosquitto-dir", "", "keep a Mosquitto password file and ACL for the enrolled devices in this folder, rewritten on every enrollment and revocation")
 	storeKind := fs.String("store", "bbolt", "metadata store: bbolt (DATA/controlplane.db, one process) or etcd (several replicas; see --etcd-endpoints)")
 	etcdEndpoints := fs.String("etcd-endpoints", "", "with --store etcd: client URLs of the etcd members, comma-separated (http://10.0.0.1:2379,...)")
@@ -166,6 +167,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	} else if *etcdEndpoints != "" {
 		return fmt.Errorf("--etcd-endpoints is set but --store is %q: add --store etcd", *storeKind)
 	}
+	cfg.TelemetryStore = *telemetryStore
 	if *brokerURL != "" {
 		urls, err := mqttc.ParseURLs(*brokerURL)
 		if err != nil {

@@ -54,6 +54,10 @@ type Ingest struct {
 	interval  time.Duration
 	maxBatch  int
 
+	// shared: other control planes write this store too (a replica set on PostgreSQL), so the
+	// accounting cache may be stale; every batch reads it from the store instead.
+	shared bool
+
 	mu      sync.Mutex
 	pending []wire.Telemetry
 	kick    chan struct{}
@@ -69,6 +73,67 @@ func New(st store.Store, publish Publisher, topics wire.Topics, retention time.D
 	}
 	return &Ingest{st: st, publish: publish, topics: topics, log: log, retention: retention, interval: 200 * time.Millisecond,
 		maxBatch: 512, kick: make(chan struct{}, 1), seqs: map[string]*deviceSeq{}}
+}
+
+// SharedStore tells the pipeline that other control planes write the same telemetry store (the
+// PostgreSQL telemetry store of a replica set): a device's shard may have moved away and back
+// since this process last saw it, so its accounting is read from the store in every batch (one
+// query per batch where the store can read many keys at once) instead of from this process's
+// cache. Call it before Run.
+func (in *Ingest) SharedStore() { in.shared = true }
+
+// CarryAccounting copies each device's sequence accounting from one store to another that has
+// none for it, and returns how many it copied. A control plane that moves its telemetry to a new
+// store (the main store to PostgreSQL) calls it before Run: without the accounting, the new store
+// would wait forever for sequence numbers the devices were acknowledged long ago and deleted.
+// Messages are not copied: the history stays where it was.
+func CarryAccounting(ctx context.Context, from, to store.Store) (int, error) {
+	old := map[string][]byte{}
+	if err := from.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, v []byte) error { old[dev] = v; return nil })
+	}); err != nil || len(old) == 0 {
+		return 0, err
+	}
+	err := to.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, _ []byte) error { delete(old, dev); return nil })
+	})
+	if err != nil || len(old) == 0 {
+		return 0, err
+	}
+	n := 0
+	err = to.Update(ctx, func(tx store.Tx) error {
+		n = 0
+		have := map[string][]byte{}
+		mg, batched := tx.(store.MultiGetter)
+		if batched { // one query, not one per device
+			devs := make([]string, 0, len(old))
+			for dev := range old {
+				devs = append(devs, dev)
+			}
+			var err error
+			if have, err = mg.GetMany(bucketSeq, devs); err != nil {
+				return err
+			}
+		}
+		for dev, v := range old {
+			if _, ok := have[dev]; ok {
+				continue // another replica got there first
+			}
+			if !batched {
+				if _, err := tx.Get(bucketSeq, dev); err == nil {
+					continue
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return err
+				}
+			}
+			if err := tx.Put(bucketSeq, dev, v); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
 }
 
 // Handle queues a validated telemetry message. It never blocks on the store.
@@ -136,11 +201,19 @@ func (in *Ingest) Flush(ctx context.Context) error {
 		for k := range changed {
 			delete(changed, k)
 		}
+		stored, err := in.prefetch(tx, batch)
+		if err != nil {
+			return err
+		}
 		for _, m := range batch {
 			ds, ok := changed[m.Device]
 			if !ok {
 				ds = &deviceSeq{}
-				if c, ok := in.cached(m.Device); ok {
+				if b, ok := stored[m.Device]; ok {
+					if err := json.Unmarshal(b, ds); err != nil {
+						return fmt.Errorf("decode telemetry accounting of %s: %w", m.Device, err)
+					}
+				} else if c, ok := in.cached(m.Device); ok && !in.shared {
 					*ds = c
 				} else if err := store.GetJSON(tx, bucketSeq, m.Device, ds); err != nil && !errors.Is(err, store.ErrNotFound) {
 					return err
@@ -190,6 +263,31 @@ func (in *Ingest) Flush(ctx context.Context) error {
 		in.acks.Add(1)
 	}
 	return nil
+}
+
+// prefetch reads, on a shared store that can read many keys at once, the accounting of every
+// device in the batch in one round trip. It returns nil otherwise (the loop reads per device).
+func (in *Ingest) prefetch(tx store.Tx, batch []wire.Telemetry) (map[string][]byte, error) {
+	mg, ok := tx.(store.MultiGetter)
+	if !in.shared || !ok {
+		return nil, nil
+	}
+	var devs []string
+	for i, m := range batch {
+		if i == 0 || m.Device != batch[i-1].Device { // batch is sorted by device
+			devs = append(devs, m.Device)
+		}
+	}
+	got, err := mg.GetMany(bucketSeq, devs)
+	if err != nil {
+		return nil, fmt.Errorf("read telemetry accounting of %d devices: %w", len(devs), err)
+	}
+	for _, d := range devs {
+		if _, ok := got[d]; !ok {
+			got[d] = []byte(`{}`) // none yet: start from zero without asking again
+		}
+	}
+	return got, nil
 }
 
 func (in *Ingest) cached(dev string) (deviceSeq, bool) {
@@ -288,7 +386,8 @@ type Accounting struct {
 // Account returns a device's accounting.
 func (in *Ingest) Account(ctx context.Context, device string) (Accounting, error) {
 	ds, ok := in.cached(device)
-	if !ok {
+	if !ok || in.shared {
+		ds = deviceSeq{}
 		err := in.st.View(ctx, func(tx store.Tx) error { return store.GetJSON(tx, bucketSeq, device, &ds) })
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return Accounting{}, err
@@ -322,32 +421,62 @@ func (in *Ingest) Query(ctx context.Context, device, kind string, since time.Tim
 	return out, err
 }
 
-// Prune deletes messages older than the retention.
+// pruneChunk bounds how many deletions one retention transaction carries: a week of history of a
+// large fleet expires by millions of rows a day, which must not become one transaction (or one
+// slice in memory).
+const pruneChunk = 10000
+
+// Prune deletes messages older than the retention, device by device, in transactions of at most
+// pruneChunk deletions (plus one device's).
 func (in *Ingest) Prune(ctx context.Context, now time.Time) error {
 	cut := now.Add(-in.retention)
+	var devices []string
+	if err := in.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucketSeq, "", func(dev string, _ []byte) error { devices = append(devices, dev); return nil })
+	}); err != nil {
+		return fmt.Errorf("list devices with telemetry: %w", err)
+	}
 	var old []string
-	err := in.st.View(ctx, func(tx store.Tx) error {
-		return tx.ForEach(bucketData, "", func(k string, v []byte) error {
-			var m struct {
-				At time.Time `json:"at"`
-			}
-			if json.Unmarshal(v, &m) == nil && m.At.Before(cut) {
-				old = append(old, k)
+	drop := func() error {
+		if len(old) == 0 {
+			return nil
+		}
+		err := in.st.Update(ctx, func(tx store.Tx) error {
+			for _, k := range old {
+				if err := tx.Delete(bucketData, k); err != nil {
+					return err
+				}
 			}
 			return nil
 		})
-	})
-	if err != nil || len(old) == 0 {
-		return err
+		if err != nil {
+			return fmt.Errorf("delete %d expired telemetry messages: %w", len(old), err)
+		}
+		old = old[:0]
+		return nil
 	}
-	return in.st.Update(ctx, func(tx store.Tx) error {
-		for _, k := range old {
-			if err := tx.Delete(bucketData, k); err != nil {
+	for _, dev := range devices {
+		err := in.st.View(ctx, func(tx store.Tx) error {
+			return tx.ForEach(bucketData, dev+"/", func(k string, v []byte) error {
+				var m struct {
+					At time.Time `json:"at"`
+				}
+				if json.Unmarshal(v, &m) == nil && m.At.Before(cut) {
+					old = append(old, k)
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			return fmt.Errorf("find expired telemetry of %s: %w", dev, err)
+		}
+		if len(old) >= pruneChunk {
+			if err := drop(); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
+	}
+	return drop()
 }
 
 // Stats returns counters.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/controlplane/store/pgstore"
+	"github.com/edgefleet/edgefleet/internal/pgtest"
 	"github.com/edgefleet/edgefleet/internal/wire"
 )
 
@@ -105,18 +107,37 @@ func TestAckOnlyContiguousCommitted(t *testing.T) {
 }
 
 func TestPrune(t *testing.T) {
-	st := store.NewMemory()
-	in := New(st, func(context.Context, string, []byte, byte, bool) error { return nil }, wire.NewTopics(""), time.Hour, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	old := msg("d", 1, 0, "health")
-	old.At = time.Now().Add(-2 * time.Hour)
-	in.Handle(old)
-	in.Handle(msg("d", 2, 0, "health"))
-	in.Flush(context.Background())
-	if err := in.Prune(context.Background(), time.Now()); err != nil {
-		t.Fatal(err)
+	backends := map[string]func(t *testing.T) store.Store{
+		"memory": func(*testing.T) store.Store { return store.NewMemory() },
+		"postgres": func(t *testing.T) store.Store {
+			s, err := pgstore.Open(context.Background(), pgtest.Start(t, pgtest.Options{}).NewDatabase(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
 	}
-	got, _ := in.Query(context.Background(), "d", "", time.Time{}, 0)
-	if len(got) != 1 || got[0].Seq != 2 {
-		t.Fatalf("after prune: %+v", got)
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			st := open(t)
+			in := New(st, func(context.Context, string, []byte, byte, bool) error { return nil }, wire.NewTopics(""), time.Hour, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			for _, dev := range []string{"d", "e"} {
+				old := msg(dev, 1, 0, "health")
+				old.At = time.Now().Add(-2 * time.Hour)
+				in.Handle(old)
+				in.Handle(msg(dev, 2, 0, "health"))
+			}
+			in.Flush(context.Background())
+			if err := in.Prune(context.Background(), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			for _, dev := range []string{"d", "e"} {
+				got, _ := in.Query(context.Background(), dev, "", time.Time{}, 0)
+				if len(got) != 1 || got[0].Seq != 2 {
+					t.Fatalf("%s after prune: %+v", dev, got)
+				}
+			}
+		})
 	}
 }

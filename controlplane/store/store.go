@@ -54,3 +54,10 @@ func WritesPerTx(s Store) int {
 	}
 	return 0
 }
+
+// MultiGetter is implemented by transactions that can read many keys of a bucket in one round
+// trip (a networked store); callers that read a batch use it when the Tx has it, Get otherwise.
+type MultiGetter interface {
+	// GetMany returns the values of the keys that exist; missing keys are absent from the map.
+	GetMany(bucket string, keys []string) (map[string][]byte, error)
+}

@@ -117,6 +117,8 @@ type CPOptions struct {
 	Store     string
 	Etcd      controlplane.EtcdConfig
 	ReplicaID string
+	// TelemetryStore: see controlplane.Config (postgres://...).
+	TelemetryStore string
 }
 
 // StartControlPlane runs a control plane until the test ends (or Stop).
@@ -136,6 +138,7 @@ func StartControlPlane(t testing.TB, o CPOptions) *ControlPlane {
 		DatasetSweep: o.DatasetSweep, Clock: o.Clock,
 		Store: o.Store, Etcd: o.Etcd, ReplicaID: o.ReplicaID,
 	}}
+	cp.Cfg.TelemetryStore = o.TelemetryStore
 	cp.start()
 	t.Cleanup(cp.Stop)
 	return cp
