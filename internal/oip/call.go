@@ -348,6 +348,11 @@ func decodeAt(s *scanner, d onnxrt.DType, n int) (any, error) {
 	switch d {
 	case onnxrt.FP32:
 		x := make([]float32, n)
+		start := s.i
+		if fastFloats(s, x, true) {
+			return x, nil
+		}
+		s.i = start
 		out = x
 		put = func(tok []byte, i int) error {
 			v, err := parseFloat(tok, 32)
@@ -356,6 +361,11 @@ func decodeAt(s *scanner, d onnxrt.DType, n int) (any, error) {
 		}
 	case onnxrt.FP64:
 		x := make([]float64, n)
+		start := s.i
+		if fastFloats(s, x, false) {
+			return x, nil
+		}
+		s.i = start
 		out = x
 		put = func(tok []byte, i int) error {
 			v, err := parseFloat(tok, 64)

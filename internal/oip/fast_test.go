@@ -1,0 +1,108 @@
+package oip
+
+import (
+	"math"
+	"strconv"
+	"testing"
+
+	"github.com/edgefleet/edgefleet/internal/onnxrt"
+)
+
+// TestFastFloats checks that the one-pass parser agrees with strconv where it accepts a value,
+// and that what it refuses still parses (or fails) through the general walk.
+func TestFastFloats(t *testing.T) {
+	for _, tc := range []struct {
+		data string
+		n    int
+		fast bool      // the fast path takes it
+		want []float64 // nil: decodeJSONData must fail
+	}{
+		{"[1,2,3]", 3, true, []float64{1, 2, 3}},
+		{" [ [ -1.5 , 2e3 ] ,\n[0.25,\t3E-2] ] ", 4, true, []float64{-1.5, 2000, 0.25, 0.03}},
+		{"7", 1, true, []float64{7}},
+		{"[[[0.1]]]", 1, true, []float64{0.1}},
+		{`["NaN",1]`, 2, false, []float64{math.NaN(), 1}},
+		{"[1.00000000000000000001,2]", 2, false, []float64{1, 2}},
+		{"[1e30,2]", 2, false, []float64{1e30, 2}},
+		{"[1,2]", 3, false, nil},
+		{"[1,2,3]", 2, false, nil},
+		{"[1,,2]", 2, false, nil},
+		{"[1 2]", 2, false, nil},
+		{"[1,2", 2, false, nil},
+		{"[1,2]]", 2, true, nil},              // trailing data: the caller's check,
+		{"[1.,2]", 2, false, []float64{1, 2}}, // strconv's leniency, as before,
+		{"[-,2]", 2, false, nil},
+		{"[1x,2]", 2, false, nil},
+		{"[[],1,2]", 2, false, []float64{1, 2}},
+		{"[true,1]", 2, false, nil},
+	} {
+		for _, f32 := range []bool{true, false} {
+			s := &scanner{b: []byte(tc.data)}
+			x := make([]float64, tc.n)
+			got := fastFloats(s, x, f32)
+			if got != tc.fast {
+				t.Errorf("%s (f32 %v): fast path took it: %v, want %v", tc.data, f32, got, tc.fast)
+			}
+			if got && tc.want != nil && s.i != len(tc.data) && tc.data[s.i:] != " " {
+				t.Errorf("%s: fast path stopped at %d", tc.data, s.i)
+			}
+			dt := onnxrt.FP64
+			if f32 {
+				dt = onnxrt.FP32
+			}
+			v, err := decodeJSONData(dt, tc.n, []byte(tc.data))
+			if tc.want == nil {
+				if err == nil {
+					t.Errorf("%s (%s): parsed to %v, want an error", tc.data, dt, v)
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("%s (%s): %v", tc.data, dt, err)
+				continue
+			}
+			for i, w := range tc.want {
+				var g float64
+				if f32 {
+					g, w = float64(v.([]float32)[i]), float64(float32(w))
+				} else {
+					g = v.([]float64)[i]
+				}
+				if g != w && !(math.IsNaN(g) && math.IsNaN(w)) {
+					t.Errorf("%s (%s): element %d = %v, want %v", tc.data, dt, i, g, w)
+				}
+			}
+		}
+	}
+}
+
+// TestFastFloatsRounding compares the fast path with strconv on many float32 and float64
+// values written the way clients write them (shortest round-trip form) and with fewer digits.
+func TestFastFloatsRounding(t *testing.T) {
+	for i := range 200000 {
+		f := math.Float32frombits(uint32(i) * 2654435761)
+		if math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) {
+			continue
+		}
+		for _, tok := range []string{
+			strconv.FormatFloat(float64(f), 'g', -1, 32),
+			strconv.FormatFloat(float64(f), 'f', 6, 32),
+			strconv.FormatFloat(float64(f)*1e-3, 'g', 9, 64),
+		} {
+			x32 := make([]float32, 1)
+			if fastFloats(&scanner{b: []byte(tok)}, x32, true) {
+				want, _ := strconv.ParseFloat(tok, 32)
+				if x32[0] != float32(want) {
+					t.Fatalf("%s: fast float32 %v, strconv %v", tok, x32[0], float32(want))
+				}
+			}
+			x64 := make([]float64, 1)
+			if fastFloats(&scanner{b: []byte(tok)}, x64, false) {
+				want, _ := strconv.ParseFloat(tok, 64)
+				if x64[0] != want {
+					t.Fatalf("%s: fast float64 %v, strconv %v", tok, x64[0], want)
+				}
+			}
+		}
+	}
+}
