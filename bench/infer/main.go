@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +50,8 @@ var (
 	rss      = flag.Bool("rss", false, "measure RSS (agent stack vs bare ORT) instead of latency")
 	child    = flag.String("child", "", "internal: bare|agent RSS child")
 	rssModel = flag.String("rss-model", "ocr_cls.onnx", "model for -rss")
+	rounds   = flag.Int("rounds", 3, "interleaved rounds: every path and concurrency is measured for d/rounds per round, so that load from other work on the machine falls on all paths alike")
+	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the latency run to this file")
 )
 
 func main() {
@@ -90,17 +93,29 @@ type result struct {
 	rps      float64
 }
 
-// measure calls fn from conc goroutines for *dur and returns latency quantiles and throughput.
-func measure(conc int, fn func() error) (result, error) {
+// samples are the latencies and elapsed time of one cell, summed over rounds.
+type samples struct {
+	lat []time.Duration
+	el  time.Duration
+}
+
+func (sm *samples) result(conc int) result {
+	all := slices.Clone(sm.lat)
+	slices.Sort(all)
+	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
+	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / sm.el.Seconds()}
+}
+
+// measure calls fn from conc goroutines for d and adds the latencies and elapsed time to sm.
+func measure(conc int, d time.Duration, sm *samples, fn func() error) error {
 	for range 50 { // warm up
 		if err := fn(); err != nil {
-			return result{}, err
+			return err
 		}
 	}
 	var mu sync.Mutex
-	var all []time.Duration
 	var firstErr atomic.Value
-	stop := time.Now().Add(*dur)
+	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range conc {
@@ -117,18 +132,16 @@ func measure(conc int, fn func() error) (result, error) {
 				lat = append(lat, time.Since(t0))
 			}
 			mu.Lock()
-			all = append(all, lat...)
+			sm.lat = append(sm.lat, lat...)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	el := time.Since(start)
+	sm.el += time.Since(start)
 	if e := firstErr.Load(); e != nil {
-		return result{}, e.(error)
+		return e.(error)
 	}
-	slices.Sort(all)
-	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
-	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / el.Seconds()}, nil
+	return nil
 }
 
 func latency() error {
@@ -140,7 +153,18 @@ func latency() error {
 		}
 		cs = append(cs, n)
 	}
-	fmt.Printf("GOMAXPROCS %d, CPUs %d, ORT %s, intra-op threads 1, %s per cell\n\n", runtime.GOMAXPROCS(0), runtime.NumCPU(), onnxrt.Version(), *dur)
+	fmt.Printf("GOMAXPROCS %d, CPUs %d, ORT %s, intra-op threads 1, %s per cell in %d interleaved rounds\n\n", runtime.GOMAXPROCS(0), runtime.NumCPU(), onnxrt.Version(), *dur, *rounds)
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	broker, brokerURL, err := startBroker()
 	if err != nil {
@@ -224,19 +248,30 @@ func latency() error {
 		fmt.Printf("### %s (input %s, %d bytes JSON)\n\n", bm.name, onnxrt.FormatShape(in[0].Shape), len(jsonBody))
 		fmt.Println("| path | conc | p50 | p99 | req/s | p50 / (a) | p50 - (a) | req/s / (a) |")
 		fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
-		base := map[int]result{}
-		for _, p := range paths {
-			for _, c := range cs {
-				runtime.GC()
-				r, err := measure(c, p.fn)
-				if err != nil {
-					return fmt.Errorf("%s %s c=%d: %w", bm.name, p.name, c, err)
+		cells := make([][]samples, len(paths))
+		for i := range cells {
+			cells[i] = make([]samples, len(cs))
+		}
+		nr := max(*rounds, 1)
+		for range nr {
+			for i, p := range paths {
+				for j, c := range cs {
+					runtime.GC()
+					if err := measure(c, *dur/time.Duration(nr), &cells[i][j], p.fn); err != nil {
+						return fmt.Errorf("%s %s c=%d: %w", bm.name, p.name, c, err)
+					}
 				}
+			}
+		}
+		base := map[int]result{}
+		for i, p := range paths {
+			for j, c := range cs {
+				r := cells[i][j].result(c)
 				if strings.HasPrefix(p.name, "(a)") {
 					base[c] = r
 				}
 				b := base[c]
-				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.0f µs | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
+				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.1f µs | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
 					float64(r.p50)/float64(b.p50), float64(r.p50-b.p50)/1e3, r.rps/b.rps)
 			}
 		}
@@ -249,7 +284,12 @@ func latency() error {
 	return nil
 }
 
-func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
+func us(d time.Duration) string {
+	if d < 100*time.Microsecond {
+		return fmt.Sprintf("%.1f µs", float64(d)/1e3)
+	}
+	return fmt.Sprintf("%.0f µs", float64(d)/1e3)
+}
 
 func jsonRequest(in []onnxrt.Tensor) []byte {
 	b := []byte(`{"inputs":[`)
