@@ -2,6 +2,7 @@ package onnxrt
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"sync"
 	"testing"
@@ -118,5 +119,30 @@ func TestRunOutputShapeNotAsDeclared(t *testing.T) {
 	}
 	if !s.noPreOut.Load() {
 		t.Error("the session still pre-allocates an output whose declared shape failed a run")
+	}
+}
+
+func TestTensorRTProviderOptions(t *testing.T) {
+	for _, tc := range []struct {
+		opts Options
+		want map[string]string
+	}{
+		{Options{ExecutionProvider: ProviderTensorRT}, map[string]string{"device_id": "0"}},
+		{Options{ExecutionProvider: ProviderTensorRT, DeviceID: 1, TensorRTCacheDir: "/data/models/wake/slot-b/trt-cache"}, map[string]string{
+			"device_id":               "1",
+			"trt_engine_cache_enable": "1",
+			"trt_engine_cache_path":   "/data/models/wake/slot-b/trt-cache",
+			"trt_timing_cache_enable": "1",
+			"trt_timing_cache_path":   "/data/models/wake/slot-b/trt-cache",
+		}},
+	} {
+		if got := TensorRTProviderOptions(tc.opts); !maps.Equal(got, tc.want) {
+			t.Errorf("%+v: %v, want %v", tc.opts, got, tc.want)
+		}
+	}
+	// Where ORT has no TensorRT, a session asked for it with a cache still runs, on CPU.
+	s := newSession(t, "hello_deepa.onnx", Options{ExecutionProvider: ProviderTensorRT, TensorRTCacheDir: t.TempDir()})
+	if !slices.Contains(AvailableProviders(), ProviderTensorRT) && s.Provider() != ProviderCPU {
+		t.Errorf("provider %s without TensorRT in this ORT", s.Provider())
 	}
 }

@@ -49,6 +49,12 @@ type Options struct {
 	ExecutionProvider string
 	// DeviceID selects the GPU for cuda and tensorrt.
 	DeviceID int
+	// TensorRTCacheDir, with the tensorrt provider, is where TensorRT keeps the engines it builds
+	// and its timing cache (see TensorRTProviderOptions). Building an engine takes seconds to
+	// minutes; with a cache, a session of the same model on the same device loads the engine
+	// instead. The agent points it into the bundle's slot folder, so that an A/B revert finds its
+	// engine. Empty: no cache, engines are built for every session.
+	TensorRTCacheDir string
 	// RequireProvider turns a fallback into an error, for callers that must prove a variant runs
 	// on its provider (e.g. a bundle built for tensorrt).
 	RequireProvider bool
@@ -170,7 +176,7 @@ func (s *Session) create(model []byte, opts Options, provider string) (*ort.Dyna
 			return nil, fmt.Errorf("enable profiling: %w", err)
 		}
 	}
-	if err := appendProvider(so, provider, opts.DeviceID); err != nil {
+	if err := appendProvider(so, provider, opts); err != nil {
 		return nil, err
 	}
 	in := make([]string, len(s.schema.Inputs))
@@ -186,15 +192,15 @@ func (s *Session) create(model []byte, opts Options, provider string) (*ort.Dyna
 
 // appendProvider adds provider and, for tensorrt, cuda behind it, so that nodes TensorRT cannot
 // take still run on the GPU. CPU needs nothing: ORT always places what is left on CPU.
-func appendProvider(so *ort.SessionOptions, provider string, device int) error {
-	dev := map[string]string{"device_id": strconv.Itoa(device)}
+func appendProvider(so *ort.SessionOptions, provider string, opts Options) error {
+	dev := map[string]string{"device_id": strconv.Itoa(opts.DeviceID)}
 	if provider == ProviderTensorRT {
 		o, err := ort.NewTensorRTProviderOptions()
 		if err != nil {
 			return fmt.Errorf("tensorrt options: %w", err)
 		}
 		defer o.Destroy()
-		if err := o.Update(dev); err != nil {
+		if err := o.Update(TensorRTProviderOptions(opts)); err != nil {
 			return fmt.Errorf("tensorrt options: %w", err)
 		}
 		if err := so.AppendExecutionProviderTensorRT(o); err != nil {
@@ -215,6 +221,22 @@ func appendProvider(so *ort.SessionOptions, provider string, device int) error {
 		}
 	}
 	return nil
+}
+
+// TensorRTProviderOptions returns the options NewSession gives ONNX Runtime's TensorRT provider
+// (OrtTensorRTProviderOptionsV2 keys): the device, and with TensorRTCacheDir the engine and
+// timing caches in that folder. TensorRT builds an engine on the first run of each input shape
+// profile, not when the session is created; the caller runs a warm-up inference before serving
+// (the agent's install step "loading" does, before the smoke test's deadline starts).
+func TensorRTProviderOptions(opts Options) map[string]string {
+	m := map[string]string{"device_id": strconv.Itoa(opts.DeviceID)}
+	if opts.TensorRTCacheDir != "" {
+		m["trt_engine_cache_enable"] = "1"
+		m["trt_engine_cache_path"] = opts.TensorRTCacheDir
+		m["trt_timing_cache_enable"] = "1"
+		m["trt_timing_cache_path"] = opts.TensorRTCacheDir
+	}
+	return m
 }
 
 // Schema returns the model's inputs and outputs.
