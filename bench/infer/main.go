@@ -52,6 +52,7 @@ var (
 	rssModel = flag.String("rss-model", "ocr_cls.onnx", "model for -rss")
 	rounds   = flag.Int("rounds", 3, "interleaved rounds: every path and concurrency is measured for d/rounds per round, so that load from other work on the machine falls on all paths alike")
 	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the latency run to this file")
+	only     = flag.String("only", "", "measure only models whose file name contains this")
 )
 
 func main() {
@@ -173,6 +174,9 @@ func latency() error {
 	defer broker.Close()
 
 	for _, bm := range bench {
+		if !strings.Contains(bm.file, *only) {
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(*models, bm.file))
 		if err != nil {
 			return err

@@ -1,6 +1,7 @@
 package oip
 
 import (
+	"encoding/binary"
 	"math"
 	"strconv"
 	"testing"
@@ -103,6 +104,21 @@ func TestFastFloatsRounding(t *testing.T) {
 					t.Fatalf("%s: fast float64 %v, strconv %v", tok, x64[0], want)
 				}
 			}
+		}
+	}
+}
+
+func TestParseEight(t *testing.T) {
+	for _, s := range []string{"00000000", "12345678", "99999999", "00000001", "10000000", "90817263"} {
+		w := binary.LittleEndian.Uint64([]byte(s))
+		want, _ := strconv.ParseUint(s, 10, 64)
+		if !eightDigits(w) || parseEight(w) != want {
+			t.Errorf("%s: digits %v value %d, want %d", s, eightDigits(w), parseEight(w), want)
+		}
+	}
+	for _, s := range []string{"1234567a", "/2345678", ":2345678", "1234 678", "12345678"[:7] + "\xff"} {
+		if eightDigits(binary.LittleEndian.Uint64([]byte(s))) {
+			t.Errorf("%q taken for 8 digits", s)
 		}
 	}
 }
