@@ -53,6 +53,7 @@ var (
 	rounds   = flag.Int("rounds", 3, "interleaved rounds: every path and concurrency is measured for d/rounds per round, so that load from other work on the machine falls on all paths alike")
 	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the latency run to this file")
 	only     = flag.String("only", "", "measure only models whose file name contains this")
+	floor    = flag.Bool("floor", true, "also measure the HTTP floor: the same bodies posted to a handler that only reads them and answers {}")
 )
 
 func main() {
@@ -201,13 +202,22 @@ func latency() error {
 		if err != nil {
 			return err
 		}
-		hs := &http.Server{Handler: srv.Handler()}
+		mux := http.NewServeMux()
+		mux.Handle("/", srv.Handler())
+		mux.HandleFunc("POST /floor", func(w http.ResponseWriter, r *http.Request) {
+			// What any HTTP handler pays for this body: read it, answer.
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte("{}"))
+		})
+		hs := &http.Server{Handler: mux}
 		go hs.Serve(ln)
-		url := "http://" + ln.Addr().String() + "/v2/models/" + bm.name + "/infer"
+		addr := "http://" + ln.Addr().String()
+		url := addr + "/v2/models/" + bm.name + "/infer"
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 		jsonBody := jsonRequest(in)
 		binBody, binHdr := binaryRequest(in)
-		post := func(body []byte, hdr map[string]string) func() error {
+		postTo := func(url string, body []byte, hdr map[string]string) func() error {
 			return func() error {
 				req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
 				for k, v := range hdr {
@@ -225,6 +235,7 @@ func latency() error {
 				return err
 			}
 		}
+		post := func(body []byte, hdr map[string]string) func() error { return postTo(url, body, hdr) }
 		mq, err := newMQTTClient(srv, brokerURL, bm.name, jsonBody)
 		if err != nil {
 			return err
@@ -238,11 +249,23 @@ func latency() error {
 			{"(b) Server.Infer", func() error { _, _, err := srv.Infer(ctx, bm.name, in); return err }},
 			{"(c) HTTP JSON", post(jsonBody, nil)},
 		}
+		if *floor {
+			paths = append(paths, struct {
+				name string
+				fn   func() error
+			}{"(c0) HTTP floor, JSON body", postTo(addr+"/floor", jsonBody, nil)})
+		}
 		if bm.binary {
 			paths = append(paths, struct {
 				name string
 				fn   func() error
 			}{"(c) HTTP binary", post(binBody, binHdr)})
+			if *floor {
+				paths = append(paths, struct {
+					name string
+					fn   func() error
+				}{"(c0) HTTP floor, binary body", postTo(addr+"/floor", binBody, binHdr)})
+			}
 		}
 		paths = append(paths, struct {
 			name string

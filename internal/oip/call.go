@@ -271,30 +271,29 @@ func elemSize(d onnxrt.DType) int64 {
 
 // decodeBinary reads n little-endian elements.
 func decodeBinary(d onnxrt.DType, n int, b []byte) (any, error) {
-	var v any
 	switch d {
 	case onnxrt.FP32:
-		v = make([]float32, n)
+		return decodeLE[float32](n, b)
 	case onnxrt.FP64:
-		v = make([]float64, n)
+		return decodeLE[float64](n, b)
 	case onnxrt.FP16, onnxrt.UINT16:
-		v = make([]uint16, n)
+		return decodeLE[uint16](n, b)
 	case onnxrt.INT8:
-		v = make([]int8, n)
+		return decodeLE[int8](n, b)
 	case onnxrt.UINT8:
 		x := make([]uint8, n)
 		copy(x, b)
 		return x, nil
 	case onnxrt.INT16:
-		v = make([]int16, n)
+		return decodeLE[int16](n, b)
 	case onnxrt.INT32:
-		v = make([]int32, n)
+		return decodeLE[int32](n, b)
 	case onnxrt.UINT32:
-		v = make([]uint32, n)
+		return decodeLE[uint32](n, b)
 	case onnxrt.INT64:
-		v = make([]int64, n)
+		return decodeLE[int64](n, b)
 	case onnxrt.UINT64:
-		v = make([]uint64, n)
+		return decodeLE[uint64](n, b)
 	case onnxrt.BOOL:
 		x := make([]bool, n)
 		for i, c := range b {
@@ -304,13 +303,34 @@ func decodeBinary(d onnxrt.DType, n int, b []byte) (any, error) {
 			x[i] = c == 1
 		}
 		return x, nil
-	default:
-		return nil, fmt.Errorf("datatype %s has no binary form here", d)
 	}
-	if _, err := binary.Decode(b, binary.LittleEndian, v); err != nil {
+	return nil, fmt.Errorf("datatype %s has no binary form here", d)
+}
+
+// hostLittleEndian is true on the hosts edgefleet ships for (x86-64, arm64), where the
+// protocol's little-endian bytes are already the memory layout of the typed slice.
+var hostLittleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// decodeLE returns n little-endian elements of b (exactly n elements' worth of bytes) as a new
+// slice: one memory copy on a little-endian host, where encoding/binary would convert element by
+// element (for ocr_cls's 110 KB input, tens of µs per request).
+func decodeLE[T int8 | int16 | uint16 | int32 | uint32 | int64 | uint64 | float32 | float64](n int, b []byte) (any, error) {
+	x := make([]T, n)
+	size := int(unsafe.Sizeof(x[0]))
+	if len(b) != n*size {
+		return nil, fmt.Errorf("binary data: %d bytes for %d elements of %d bytes", len(b), n, size)
+	}
+	if hostLittleEndian {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), len(b)), b)
+		return x, nil
+	}
+	if _, err := binary.Decode(b, binary.LittleEndian, x); err != nil {
 		return nil, fmt.Errorf("binary data: %w", err)
 	}
-	return v, nil
+	return x, nil
 }
 
 // decodeJSONData parses a flat or nested JSON array of exactly n scalars into d's slice type.

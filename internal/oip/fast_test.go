@@ -3,6 +3,7 @@ package oip
 import (
 	"encoding/binary"
 	"math"
+	"reflect"
 	"strconv"
 	"testing"
 
@@ -119,6 +120,55 @@ func TestParseEight(t *testing.T) {
 	for _, s := range []string{"1234567a", "/2345678", ":2345678", "1234 678", "12345678"[:7] + "\xff"} {
 		if eightDigits(binary.LittleEndian.Uint64([]byte(s))) {
 			t.Errorf("%q taken for 8 digits", s)
+		}
+	}
+}
+
+func TestDecodeBinary(t *testing.T) {
+	for _, tc := range []struct {
+		d    onnxrt.DType
+		data any
+	}{
+		{onnxrt.FP32, []float32{1.5, -2, float32(math.Inf(1))}},
+		{onnxrt.FP64, []float64{1e300, -0.25}},
+		{onnxrt.FP16, []uint16{0x3c00, 0x7c00}},
+		{onnxrt.INT8, []int8{-128, 127}},
+		{onnxrt.UINT8, []uint8{0, 255}},
+		{onnxrt.INT16, []int16{-32768, 1}},
+		{onnxrt.INT32, []int32{-1, 1 << 30}},
+		{onnxrt.UINT32, []uint32{1<<32 - 1}},
+		{onnxrt.INT64, []int64{-1 << 62, 7}},
+		{onnxrt.UINT64, []uint64{1<<64 - 1}},
+		{onnxrt.BOOL, []bool{true, false}},
+	} {
+		b, err := binary.Append(nil, binary.LittleEndian, tc.data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := onnxrt.Tensor{DType: tc.d, Data: tc.data}.Len()
+		// At an odd offset too, as binary inputs follow a JSON header of any length.
+		odd := append([]byte{0}, b...)[1:]
+		for _, in := range [][]byte{b, odd} {
+			got, err := decodeBinary(tc.d, n, in)
+			if err != nil {
+				t.Fatalf("%s: %v", tc.d, err)
+			}
+			if !reflect.DeepEqual(got, tc.data) {
+				t.Errorf("%s: %v, want %v", tc.d, got, tc.data)
+			}
+		}
+	}
+	if _, err := decodeBinary(onnxrt.FP32, 3, make([]byte, 8)); err == nil {
+		t.Error("8 bytes decoded as 3 FP32 elements")
+	}
+}
+
+func TestAppendBinaryLayout(t *testing.T) {
+	for _, data := range []any{[]float32{1.5, -2}, []float64{3}, []int8{-1}, []uint8{7}, []int16{-2}, []uint16{9},
+		[]int32{-3}, []uint32{4}, []int64{-5}, []uint64{6}, []bool{true, false}, []float32{}} {
+		want, _ := binary.Append([]byte("x"), binary.LittleEndian, data)
+		if got := appendBinary([]byte("x"), data); !reflect.DeepEqual(got, want) {
+			t.Errorf("%T: % x, want % x", data, got, want)
 		}
 	}
 }
