@@ -280,8 +280,11 @@ func latency() error {
 			cells[i] = make([]samples, len(cs))
 		}
 		nr := max(*rounds, 1)
-		for range nr {
-			for i, p := range paths {
+		for r := range nr {
+			// Each round starts at another path, so that what runs first in a round (after the
+			// previous round's heaviest cell, say) is not always (a).
+			for k := range paths {
+				i, p := (k+r)%len(paths), paths[(k+r)%len(paths)]
 				for j, c := range cs {
 					runtime.GC()
 					if err := measure(c, *dur/time.Duration(nr), &cells[i][j], p.fn); err != nil {

@@ -149,16 +149,18 @@ func TestDecodeBinary(t *testing.T) {
 		// At an odd offset too, as binary inputs follow a JSON header of any length.
 		odd := append([]byte{0}, b...)[1:]
 		for _, in := range [][]byte{b, odd} {
-			got, err := decodeBinary(tc.d, n, in)
-			if err != nil {
-				t.Fatalf("%s: %v", tc.d, err)
-			}
-			if !reflect.DeepEqual(got, tc.data) {
-				t.Errorf("%s: %v, want %v", tc.d, got, tc.data)
+			for _, alias := range []bool{false, true} {
+				got, err := decodeBinary(tc.d, n, in, alias)
+				if err != nil {
+					t.Fatalf("%s: %v", tc.d, err)
+				}
+				if !reflect.DeepEqual(got, tc.data) {
+					t.Errorf("%s (alias %v): %v, want %v", tc.d, alias, got, tc.data)
+				}
 			}
 		}
 	}
-	if _, err := decodeBinary(onnxrt.FP32, 3, make([]byte, 8)); err == nil {
+	if _, err := decodeBinary(onnxrt.FP32, 3, make([]byte, 8), true); err == nil {
 		t.Error("8 bytes decoded as 3 FP32 elements")
 	}
 }
@@ -170,5 +172,19 @@ func TestAppendBinaryLayout(t *testing.T) {
 		if got := appendBinary([]byte("x"), data); !reflect.DeepEqual(got, want) {
 			t.Errorf("%T: % x, want % x", data, got, want)
 		}
+	}
+}
+
+func TestDecodeBinaryAlias(t *testing.T) {
+	buf := make([]byte, 4*8+1) // 8-aligned by Go's allocator
+	got, _ := decodeBinary(onnxrt.FP32, 8, buf[:32], true)
+	buf[0] = 0x3f // writes through: the slice is a view
+	if hostLittleEndian && got.([]float32)[0] == 0 {
+		t.Error("aligned input was copied, not viewed")
+	}
+	got, _ = decodeBinary(onnxrt.FP32, 8, buf[1:33], true)
+	buf[1] = 0x3f
+	if got.([]float32)[0] != 0 {
+		t.Error("misaligned input was viewed in place")
 	}
 }
