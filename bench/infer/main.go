@@ -30,6 +30,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -93,19 +94,28 @@ type result struct {
 	conc     int
 	p50, p99 time.Duration
 	rps      float64
+	cpu      time.Duration // process CPU time (user + system, all threads) per request
 }
 
-// samples are the latencies and elapsed time of one cell, summed over rounds.
+// samples are the latencies, elapsed time and process CPU time of one cell, summed over rounds.
 type samples struct {
-	lat []time.Duration
-	el  time.Duration
+	lat     []time.Duration
+	el, cpu time.Duration
 }
 
 func (sm *samples) result(conc int) result {
 	all := slices.Clone(sm.lat)
 	slices.Sort(all)
 	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
-	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / sm.el.Seconds()}
+	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / sm.el.Seconds(), cpu: sm.cpu / time.Duration(len(all))}
+}
+
+// cpuTime is the process's CPU time so far. Unlike latency, CPU time per request does not grow
+// while other work on a shared machine holds the cores, so it compares paths more steadily.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // measure calls fn from conc goroutines for d and adds the latencies and elapsed time to sm.
@@ -119,7 +129,7 @@ func measure(conc int, d time.Duration, sm *samples, fn func() error) error {
 	var firstErr atomic.Value
 	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	for range conc {
 		wg.Add(1)
 		go func() {
@@ -140,6 +150,7 @@ func measure(conc int, d time.Duration, sm *samples, fn func() error) error {
 	}
 	wg.Wait()
 	sm.el += time.Since(start)
+	sm.cpu += cpuTime() - cpu0
 	if e := firstErr.Load(); e != nil {
 		return e.(error)
 	}
@@ -273,8 +284,8 @@ func latency() error {
 		}{"(d) local MQTT", mq.call})
 
 		fmt.Printf("### %s (input %s, %d bytes JSON)\n\n", bm.name, onnxrt.FormatShape(in[0].Shape), len(jsonBody))
-		fmt.Println("| path | conc | p50 | p99 | req/s | p50 / (a) | p50 - (a) | req/s / (a) |")
-		fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
+		fmt.Println("| path | conc | p50 | p99 | req/s | p50 / (a) | p50 - (a) | req/s / (a) | CPU/req | CPU / (a) |")
+		fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 		cells := make([][]samples, len(paths))
 		for i := range cells {
 			cells[i] = make([]samples, len(cs))
@@ -301,8 +312,8 @@ func latency() error {
 					base[c] = r
 				}
 				b := base[c]
-				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.1f µs | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
-					float64(r.p50)/float64(b.p50), float64(r.p50-b.p50)/1e3, r.rps/b.rps)
+				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.1f µs | %.2fx | %s | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
+					float64(r.p50)/float64(b.p50), float64(r.p50-b.p50)/1e3, r.rps/b.rps, us(r.cpu), float64(r.cpu)/float64(b.cpu))
 			}
 		}
 		fmt.Println()

@@ -343,8 +343,12 @@ func (s *Session) Run(ctx context.Context, inputs []Tensor) ([]Tensor, error) {
 // (two cgo calls and some allocations, ~1 µs) costs more than the copy; above it, the copy does.
 const copyLimit = 64 << 10
 
-// maxFreeStates bounds the run states a session keeps between calls; runs beyond it (more
-// concurrent calls than that, or many input shapes) make and release their own.
+// preallocLimit is the largest output, in bytes, that a run state pre-allocates when it does not
+// have to (FP16 and scalar outputs must be); ORT allocates larger ones per call.
+const preallocLimit = 256 << 10
+
+// maxFreeStates bounds the run states a session keeps between calls (the least recently used
+// goes first), so that a model fed many input shapes does not keep a state for each.
 const maxFreeStates = 16
 
 // runState holds the ORT values one Run call uses: inputs over reused Go buffers of one set of
@@ -431,14 +435,17 @@ func (s *Session) getState(in []Tensor) (*runState, error) {
 func (s *Session) putState(st *runState) {
 	clear(st.args)
 	clear(st.outArgs)
+	var evict *runState
 	s.freeMu.Lock()
-	if len(s.free) < maxFreeStates {
-		s.free = append(s.free, st)
-		st = nil
+	if len(s.free) >= maxFreeStates {
+		// Keep the most recently used: with many input shapes, the current ones.
+		evict = s.free[0]
+		s.free = slices.Delete(s.free, 0, 1)
 	}
+	s.free = append(s.free, st)
 	s.freeMu.Unlock()
-	if st != nil {
-		st.destroy()
+	if evict != nil {
+		evict.destroy()
 	}
 }
 
@@ -471,6 +478,9 @@ func (s *Session) newState(in []Tensor) (*runState, error) {
 		shape := make(ort.Shape, len(plan))
 		for j, src := range plan {
 			shape[j] = src.size(in)
+		}
+		if !req && shape.FlattenedSize()*int64(o.DType.size()) > preallocLimit {
+			continue // kept per state and shape, a large output would cost more memory than its allocation costs time
 		}
 		v, err := emptyValue(o.DType, shape)
 		if err != nil {
