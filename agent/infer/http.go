@@ -164,14 +164,21 @@ func (s *Server) putBufs(b *buffers) {
 func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
 	name, version := r.PathValue("name"), r.PathValue("version")
 	bufs := s.getBufs()
-	defer s.putBufs(bufs)
-	body, status, err := readBody(w, r, &bufs.body, s.maxBody())
+	defer s.putBufs(bufs) // after the call: binary inputs may view the buffer (AliasBinary)
+	hl := r.Header.Get(oip.HeaderLengthKey)
+	// With the binary extension, pad the buffer so that the binary part starts 8-byte aligned:
+	// its tensors can then be used in place instead of copied.
+	pad := 0
+	if n, err := strconv.Atoi(hl); err == nil && n >= 0 {
+		pad = (8 - n%8) % 8
+	}
+	body, status, err := readBody(w, r, &bufs.body, pad, s.maxBody())
 	if err != nil {
 		writeErr(w, status, err.Error())
 		return
 	}
 	header, bin := body, []byte(nil)
-	if hl := r.Header.Get(oip.HeaderLengthKey); hl != "" {
+	if hl != "" {
 		n, err := strconv.Atoi(hl)
 		if err != nil || n < 0 || n > len(body) {
 			writeErr(w, http.StatusBadRequest, fmt.Sprintf("%s %q does not fit a body of %d bytes", oip.HeaderLengthKey, hl, len(body)))
@@ -179,7 +186,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
 		}
 		header, bin = body[:n], body[n:]
 	}
-	c, err := oip.ParseCall(header, bin, oip.ParseOptions{})
+	c, err := oip.ParseCall(header, bin, oip.ParseOptions{AliasBinary: true})
 	if err != nil {
 		writeErr(w, http.StatusBadRequest, err.Error())
 		return
@@ -213,9 +220,10 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// readBody reads the request body into buf, decompressing gzip or deflate (Triton clients'
-// request compression), bounded by MaxRequestBytes either way.
-func readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer, limit int64) ([]byte, int, error) {
+// readBody reads the request body into buf after pad zero bytes, decompressing gzip or deflate
+// (Triton clients' request compression), bounded by MaxRequestBytes either way, and returns the
+// body (without the padding).
+func readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer, pad int, limit int64) ([]byte, int, error) {
 	if r.ContentLength > limit {
 		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body of %d bytes is over the limit of %d", r.ContentLength, limit)
 	}
@@ -234,15 +242,18 @@ func readBody(w http.ResponseWriter, r *http.Request, buf *bytes.Buffer, limit i
 		return nil, http.StatusUnsupportedMediaType, fmt.Errorf("content encoding %q is not supported (gzip, deflate)", enc)
 	}
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		// One allocation of the final size; bytes.Buffer then reads a little past it to see EOF.
+		buf.Grow(pad + int(r.ContentLength) + bytes.MinRead)
 	}
+	var zeros [8]byte
+	buf.Write(zeros[:pad])
 	_, err := buf.ReadFrom(io.LimitReader(src, limit+1))
 	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe) || int64(buf.Len()) > limit:
+	case errors.As(err, &mbe) || int64(buf.Len()-pad) > limit:
 		return nil, http.StatusRequestEntityTooLarge, fmt.Errorf("request body is over the limit of %d bytes", limit)
 	case err != nil:
 		return nil, http.StatusBadRequest, fmt.Errorf("read body: %w", err)
 	}
-	return buf.Bytes(), 0, nil
+	return buf.Bytes()[pad:], 0, nil
 }

@@ -221,6 +221,18 @@ func TestTritonBinaryMatchesJSON(t *testing.T) {
 			t.Errorf("binary (binary outputs %v) = %v, JSON = %v", binOut, got, want)
 		}
 	}
+	// Headers of every length modulo 8: the handler pads its buffer so that the tensor bytes are
+	// aligned and used in place; the answers stay the same.
+	for extra := range 8 {
+		req, rh := tritonBinary(t, in, true)
+		req = append([]byte(strings.Repeat(" ", extra)), req...)
+		n, _ := strconv.Atoi(rh[oip.HeaderLengthKey])
+		rh[oip.HeaderLengthKey] = strconv.Itoa(n + extra)
+		status, hdr, body := do(t, h, "POST", "/v2/models/ocr_cls/infer", req, rh)
+		if got := readResponse(t, hdr, body)["softmax_0.tmp_0"]; status != 200 || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("header of %d bytes: %d %v, want %v", n+extra, status, got, want)
+		}
+	}
 	// A binary size that does not match the shape is the caller's error.
 	req, rh := tritonBinary(t, in, true)
 	rh[oip.HeaderLengthKey] = strconv.Itoa(len(req) - 4*len(in.Data.([]float32)) - 4)

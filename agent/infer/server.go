@@ -243,6 +243,9 @@ func checkFinite(in []onnxrt.Tensor) error {
 		bad := -1
 		switch d := t.Data.(type) {
 		case []float32:
+			if !nonFinite32(d) {
+				continue
+			}
 			for i, v := range d {
 				// v-v is NaN for both NaN and ±Inf: one comparison per element.
 				if v-v != 0 {

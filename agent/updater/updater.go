@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -102,6 +103,10 @@ type State struct {
 	Reason    string    `json:"reason,omitempty"`
 	Message   string    `json:"message,omitempty"`
 	BakeUntil time.Time `json:"bake_until,omitzero"`
+	// WarmedUp is when the target's warm-up inference finished, in step loading and before the
+	// smoke test (whose deadline starts after it): the golden inputs run once so that TensorRT
+	// builds its engines (cached in the slot) then, never on a live request.
+	WarmedUp time.Time `json:"warmed_up,omitzero"`
 	// Failed remembers a bundle that failed for good, so it is not retried in a loop; a desired
 	// state naming another bundle clears it.
 	FailedBundle     string `json:"failed_bundle,omitempty"`
@@ -247,6 +252,12 @@ func (u *Updater) Boot(ctx context.Context) error {
 			continue
 		}
 		m, err := u.loadSlot(ctx, s)
+		if err == nil {
+			// The engine comes from the slot's cache now, but still on a first run.
+			if err = u.warmUp(ctx, u.slotDir(s.Name), m); err != nil {
+				m.Close()
+			}
+		}
 		if err != nil {
 			u.log.Error("installed bundle failed verification or loading at start", "slot", s.Name, "bundle", s.Bundle, "err", err)
 			continue
@@ -276,8 +287,28 @@ func (u *Updater) loadSlot(ctx context.Context, s *Slot) (*infer.Model, error) {
 	return u.load(dir, s.Bundle, m)
 }
 
+// TensorRTCacheName is the folder, inside a slot, where TensorRT keeps the engines built for
+// that slot's model: a new bundle gets a new slot folder (and engine); an A/B revert to the
+// standby slot finds its engine still there.
+const TensorRTCacheName = "trt-cache"
+
+// loadOptions are the session options for the model in slot folder dir.
+func (u *Updater) loadOptions(dir string) onnxrt.Options {
+	o := u.deps.LoadOpts
+	if strings.EqualFold(o.ExecutionProvider, onnxrt.ProviderTensorRT) {
+		o.TensorRTCacheDir = filepath.Join(dir, TensorRTCacheName)
+	}
+	return o
+}
+
 func (u *Updater) load(dir, id string, m *bundle.Manifest) (*infer.Model, error) {
-	mod, err := infer.Load(dir, id, m, u.deps.LoadOpts)
+	opts := u.loadOptions(dir)
+	if opts.TensorRTCacheDir != "" {
+		if err := os.MkdirAll(opts.TensorRTCacheDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create TensorRT engine cache: %w", err)
+		}
+	}
+	mod, err := infer.Load(dir, id, m, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -380,10 +411,12 @@ func (u *Updater) step(ctx context.Context) (time.Duration, error) {
 			// Rollback to the cached previous bundle: no download.
 			return 0, u.persist(func(x *State) {
 				x.Target, x.Step, x.Attempt, x.Reason, x.Message, x.FailedBundle, x.FailedGeneration = t, StepLoading, 0, "", "", "", 0
+				x.WarmedUp = time.Time{}
 			})
 		}
 		return 0, u.persist(func(x *State) {
 			x.Target, x.Step, x.Attempt, x.Reason, x.Message, x.FailedBundle, x.FailedGeneration = t, StepDownloading, 0, "", "", "", 0
+			x.WarmedUp = time.Time{}
 		})
 	}
 	if st.Target.Generation != t.Generation {
@@ -546,8 +579,9 @@ func (u *Updater) targetSlot(t *Target) *Slot {
 // steps redoes them from the load: the loaded session died with the process.
 func (u *Updater) activate(ctx context.Context, t *Target) (time.Duration, error) {
 	slot := u.targetSlot(t)
-	if u.State().Step != StepLoading {
-		if err := u.persist(func(x *State) { x.Step = StepLoading }); err != nil {
+	if st := u.State(); st.Step != StepLoading || !st.WarmedUp.IsZero() {
+		// A restart after loading redoes it, warm-up included: the session died with the process.
+		if err := u.persist(func(x *State) { x.Step, x.WarmedUp = StepLoading, time.Time{} }); err != nil {
 			return 0, err
 		}
 	}
@@ -561,6 +595,17 @@ func (u *Updater) activate(ctx context.Context, t *Target) (time.Duration, error
 			reason = r
 		}
 		return u.fail(t, reason, err)
+	}
+	if err := u.warmUp(ctx, u.slotDir(slot.Name), m); err != nil {
+		m.Close()
+		if ctx.Err() != nil {
+			return 0, err
+		}
+		return u.fail(t, ReasonLoad, err)
+	}
+	if err := u.persist(func(x *State) { x.WarmedUp = time.Now().UTC() }); err != nil {
+		m.Close()
+		return 0, err
 	}
 	if err := u.persist(func(x *State) { x.Step = StepSmokeTest }); err != nil {
 		m.Close()
@@ -592,22 +637,64 @@ func (u *Updater) activate(ctx context.Context, t *Target) (time.Duration, error
 	return 0, err
 }
 
-func smokeTest(ctx context.Context, dir string, m *infer.Model) error {
+// SmokeTimeout is the smoke test's deadline. It starts after the warm-up, so that it judges the
+// model, not how long TensorRT takes to build an engine.
+const SmokeTimeout = 2 * time.Minute
+
+// WarmupTimeout bounds the warm-up inference: a TensorRT engine build of a large model on a
+// Jetson can take many minutes.
+const WarmupTimeout = 30 * time.Minute
+
+func readGolden(dir string, m *infer.Model) (*golden.File, error) {
 	gf := m.Manifest.FileByRole(bundle.RoleGolden)
 	if gf == nil {
-		return errors.New("bundle has no golden cases to smoke-test with")
+		return nil, errors.New("bundle has no golden cases to smoke-test with")
 	}
 	b, err := os.ReadFile(filepath.Join(dir, gf.Path))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	g, err := golden.Parse(b)
+	return golden.Parse(b)
+}
+
+func smokeTest(ctx context.Context, dir string, m *infer.Model) error {
+	g, err := readGolden(dir, m)
 	if err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, SmokeTimeout)
 	defer cancel()
 	return g.SmokeTest(ctx, m.RunUnfaulted)
+}
+
+// warmUp runs every golden case's inputs once, outputs unchecked (that is the smoke test's
+// job): the first run of each input shape is where TensorRT builds its engine (or loads it from
+// the slot's cache) and where any provider allocates its buffers. A bundle without golden cases
+// is left to the smoke test to refuse.
+func (u *Updater) warmUp(ctx context.Context, dir string, m *infer.Model) error {
+	g, err := readGolden(dir, m)
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, WarmupTimeout)
+	defer cancel()
+	start := time.Now()
+	for i, c := range g.Cases {
+		var in []onnxrt.Tensor
+		for _, t := range c.Inputs {
+			rt, err := t.ToTensor()
+			if err != nil {
+				return fmt.Errorf("warm-up: golden case %d: %w", i, err)
+			}
+			in = append(in, rt)
+		}
+		if _, err := m.RunUnfaulted(ctx, in); err != nil {
+			return fmt.Errorf("warm-up inference (golden case %d) on %s: %w", i, m.Provider(), err)
+		}
+	}
+	u.log.Info("warm-up inference done", "bundle", m.Bundle, "version", m.Version, "provider", m.Provider(),
+		"cases", len(g.Cases), "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // bake watches the new model's error ratio until the bake window ends, then commits; too many

@@ -24,11 +24,13 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -49,6 +51,10 @@ var (
 	rss      = flag.Bool("rss", false, "measure RSS (agent stack vs bare ORT) instead of latency")
 	child    = flag.String("child", "", "internal: bare|agent RSS child")
 	rssModel = flag.String("rss-model", "ocr_cls.onnx", "model for -rss")
+	rounds   = flag.Int("rounds", 3, "interleaved rounds: every path and concurrency is measured for d/rounds per round, so that load from other work on the machine falls on all paths alike")
+	cpuprof  = flag.String("cpuprofile", "", "write a CPU profile of the latency run to this file")
+	only     = flag.String("only", "", "measure only models whose file name contains this")
+	floor    = flag.Bool("floor", true, "also measure the HTTP floor: the same bodies posted to a handler that only reads them and answers {}")
 )
 
 func main() {
@@ -88,21 +94,42 @@ type result struct {
 	conc     int
 	p50, p99 time.Duration
 	rps      float64
+	cpu      time.Duration // process CPU time (user + system, all threads) per request
 }
 
-// measure calls fn from conc goroutines for *dur and returns latency quantiles and throughput.
-func measure(conc int, fn func() error) (result, error) {
+// samples are the latencies, elapsed time and process CPU time of one cell, summed over rounds.
+type samples struct {
+	lat     []time.Duration
+	el, cpu time.Duration
+}
+
+func (sm *samples) result(conc int) result {
+	all := slices.Clone(sm.lat)
+	slices.Sort(all)
+	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
+	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / sm.el.Seconds(), cpu: sm.cpu / time.Duration(len(all))}
+}
+
+// cpuTime is the process's CPU time so far. Unlike latency, CPU time per request does not grow
+// while other work on a shared machine holds the cores, so it compares paths more steadily.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// measure calls fn from conc goroutines for d and adds the latencies and elapsed time to sm.
+func measure(conc int, d time.Duration, sm *samples, fn func() error) error {
 	for range 50 { // warm up
 		if err := fn(); err != nil {
-			return result{}, err
+			return err
 		}
 	}
 	var mu sync.Mutex
-	var all []time.Duration
 	var firstErr atomic.Value
-	stop := time.Now().Add(*dur)
+	stop := time.Now().Add(d)
 	var wg sync.WaitGroup
-	start := time.Now()
+	start, cpu0 := time.Now(), cpuTime()
 	for range conc {
 		wg.Add(1)
 		go func() {
@@ -117,18 +144,17 @@ func measure(conc int, fn func() error) (result, error) {
 				lat = append(lat, time.Since(t0))
 			}
 			mu.Lock()
-			all = append(all, lat...)
+			sm.lat = append(sm.lat, lat...)
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	el := time.Since(start)
+	sm.el += time.Since(start)
+	sm.cpu += cpuTime() - cpu0
 	if e := firstErr.Load(); e != nil {
-		return result{}, e.(error)
+		return e.(error)
 	}
-	slices.Sort(all)
-	q := func(p float64) time.Duration { return all[min(len(all)-1, int(p*float64(len(all))))] }
-	return result{conc: conc, p50: q(0.5), p99: q(0.99), rps: float64(len(all)) / el.Seconds()}, nil
+	return nil
 }
 
 func latency() error {
@@ -140,7 +166,18 @@ func latency() error {
 		}
 		cs = append(cs, n)
 	}
-	fmt.Printf("GOMAXPROCS %d, CPUs %d, ORT %s, intra-op threads 1, %s per cell\n\n", runtime.GOMAXPROCS(0), runtime.NumCPU(), onnxrt.Version(), *dur)
+	fmt.Printf("GOMAXPROCS %d, CPUs %d, ORT %s, intra-op threads 1, %s per cell in %d interleaved rounds\n\n", runtime.GOMAXPROCS(0), runtime.NumCPU(), onnxrt.Version(), *dur, *rounds)
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	broker, brokerURL, err := startBroker()
 	if err != nil {
@@ -149,6 +186,9 @@ func latency() error {
 	defer broker.Close()
 
 	for _, bm := range bench {
+		if !strings.Contains(bm.file, *only) {
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(*models, bm.file))
 		if err != nil {
 			return err
@@ -173,13 +213,22 @@ func latency() error {
 		if err != nil {
 			return err
 		}
-		hs := &http.Server{Handler: srv.Handler()}
+		mux := http.NewServeMux()
+		mux.Handle("/", srv.Handler())
+		mux.HandleFunc("POST /floor", func(w http.ResponseWriter, r *http.Request) {
+			// What any HTTP handler pays for this body: read it, answer.
+			io.Copy(io.Discard, r.Body)
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte("{}"))
+		})
+		hs := &http.Server{Handler: mux}
 		go hs.Serve(ln)
-		url := "http://" + ln.Addr().String() + "/v2/models/" + bm.name + "/infer"
+		addr := "http://" + ln.Addr().String()
+		url := addr + "/v2/models/" + bm.name + "/infer"
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 		jsonBody := jsonRequest(in)
 		binBody, binHdr := binaryRequest(in)
-		post := func(body []byte, hdr map[string]string) func() error {
+		postTo := func(url string, body []byte, hdr map[string]string) func() error {
 			return func() error {
 				req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
 				for k, v := range hdr {
@@ -197,6 +246,7 @@ func latency() error {
 				return err
 			}
 		}
+		post := func(body []byte, hdr map[string]string) func() error { return postTo(url, body, hdr) }
 		mq, err := newMQTTClient(srv, brokerURL, bm.name, jsonBody)
 		if err != nil {
 			return err
@@ -210,11 +260,23 @@ func latency() error {
 			{"(b) Server.Infer", func() error { _, _, err := srv.Infer(ctx, bm.name, in); return err }},
 			{"(c) HTTP JSON", post(jsonBody, nil)},
 		}
+		if *floor {
+			paths = append(paths, struct {
+				name string
+				fn   func() error
+			}{"(c0) HTTP floor, JSON body", postTo(addr+"/floor", jsonBody, nil)})
+		}
 		if bm.binary {
 			paths = append(paths, struct {
 				name string
 				fn   func() error
 			}{"(c) HTTP binary", post(binBody, binHdr)})
+			if *floor {
+				paths = append(paths, struct {
+					name string
+					fn   func() error
+				}{"(c0) HTTP floor, binary body", postTo(addr+"/floor", binBody, binHdr)})
+			}
 		}
 		paths = append(paths, struct {
 			name string
@@ -222,22 +284,36 @@ func latency() error {
 		}{"(d) local MQTT", mq.call})
 
 		fmt.Printf("### %s (input %s, %d bytes JSON)\n\n", bm.name, onnxrt.FormatShape(in[0].Shape), len(jsonBody))
-		fmt.Println("| path | conc | p50 | p99 | req/s | p50 / (a) | p50 - (a) | req/s / (a) |")
-		fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- |")
-		base := map[int]result{}
-		for _, p := range paths {
-			for _, c := range cs {
-				runtime.GC()
-				r, err := measure(c, p.fn)
-				if err != nil {
-					return fmt.Errorf("%s %s c=%d: %w", bm.name, p.name, c, err)
+		fmt.Println("| path | conc | p50 | p99 | req/s | p50 / (a) | p50 - (a) | req/s / (a) | CPU/req | CPU / (a) |")
+		fmt.Println("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+		cells := make([][]samples, len(paths))
+		for i := range cells {
+			cells[i] = make([]samples, len(cs))
+		}
+		nr := max(*rounds, 1)
+		for r := range nr {
+			// Each round starts at another path, so that what runs first in a round (after the
+			// previous round's heaviest cell, say) is not always (a).
+			for k := range paths {
+				i, p := (k+r)%len(paths), paths[(k+r)%len(paths)]
+				for j, c := range cs {
+					runtime.GC()
+					if err := measure(c, *dur/time.Duration(nr), &cells[i][j], p.fn); err != nil {
+						return fmt.Errorf("%s %s c=%d: %w", bm.name, p.name, c, err)
+					}
 				}
+			}
+		}
+		base := map[int]result{}
+		for i, p := range paths {
+			for j, c := range cs {
+				r := cells[i][j].result(c)
 				if strings.HasPrefix(p.name, "(a)") {
 					base[c] = r
 				}
 				b := base[c]
-				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.0f µs | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
-					float64(r.p50)/float64(b.p50), float64(r.p50-b.p50)/1e3, r.rps/b.rps)
+				fmt.Printf("| %s | %d | %s | %s | %.0f | %.2fx | %+.1f µs | %.2fx | %s | %.2fx |\n", p.name, c, us(r.p50), us(r.p99), r.rps,
+					float64(r.p50)/float64(b.p50), float64(r.p50-b.p50)/1e3, r.rps/b.rps, us(r.cpu), float64(r.cpu)/float64(b.cpu))
 			}
 		}
 		fmt.Println()
@@ -249,7 +325,12 @@ func latency() error {
 	return nil
 }
 
-func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
+func us(d time.Duration) string {
+	if d < 100*time.Microsecond {
+		return fmt.Sprintf("%.1f µs", float64(d)/1e3)
+	}
+	return fmt.Sprintf("%.0f µs", float64(d)/1e3)
+}
 
 func jsonRequest(in []onnxrt.Tensor) []byte {
 	b := []byte(`{"inputs":[`)

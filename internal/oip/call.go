@@ -45,6 +45,11 @@ type Call struct {
 type ParseOptions struct {
 	// Extra names top-level string members to keep in Call.Extra.
 	Extra []string
+	// AliasBinary lets binary inputs view bin in place instead of copying it, where the host is
+	// little-endian and the input's bytes are aligned for its element type (the HTTP front end
+	// aligns them, see Server.infer). The caller must then keep bin unchanged until it is done
+	// with the Call. For a 110 KB input this saves an allocation and a copy per request.
+	AliasBinary bool
 }
 
 // BinaryOutput reports whether the caller wants output name in binary: by its own
@@ -226,7 +231,7 @@ func ParseCall(header, bin []byte, po ParseOptions) (*Call, error) {
 			if off+p.size > int64(len(bin)) {
 				return nil, &onnxrt.InputError{Input: t.Name, Reason: fmt.Sprintf("binary data ends at byte %d, the body's binary part has %d", off+p.size, len(bin))}
 			}
-			if t.Data, err = decodeBinary(t.DType, int(n), bin[off:off+p.size]); err != nil {
+			if t.Data, err = decodeBinary(t.DType, int(n), bin[off:off+p.size], po.AliasBinary); err != nil {
 				return nil, &onnxrt.InputError{Input: t.Name, Reason: err.Error()}
 			}
 			off += p.size
@@ -270,31 +275,30 @@ func elemSize(d onnxrt.DType) int64 {
 }
 
 // decodeBinary reads n little-endian elements.
-func decodeBinary(d onnxrt.DType, n int, b []byte) (any, error) {
-	var v any
+func decodeBinary(d onnxrt.DType, n int, b []byte, alias bool) (any, error) {
 	switch d {
 	case onnxrt.FP32:
-		v = make([]float32, n)
+		return decodeLE[float32](n, b, alias)
 	case onnxrt.FP64:
-		v = make([]float64, n)
+		return decodeLE[float64](n, b, alias)
 	case onnxrt.FP16, onnxrt.UINT16:
-		v = make([]uint16, n)
+		return decodeLE[uint16](n, b, alias)
 	case onnxrt.INT8:
-		v = make([]int8, n)
+		return decodeLE[int8](n, b, alias)
 	case onnxrt.UINT8:
 		x := make([]uint8, n)
 		copy(x, b)
 		return x, nil
 	case onnxrt.INT16:
-		v = make([]int16, n)
+		return decodeLE[int16](n, b, alias)
 	case onnxrt.INT32:
-		v = make([]int32, n)
+		return decodeLE[int32](n, b, alias)
 	case onnxrt.UINT32:
-		v = make([]uint32, n)
+		return decodeLE[uint32](n, b, alias)
 	case onnxrt.INT64:
-		v = make([]int64, n)
+		return decodeLE[int64](n, b, alias)
 	case onnxrt.UINT64:
-		v = make([]uint64, n)
+		return decodeLE[uint64](n, b, alias)
 	case onnxrt.BOOL:
 		x := make([]bool, n)
 		for i, c := range b {
@@ -304,13 +308,39 @@ func decodeBinary(d onnxrt.DType, n int, b []byte) (any, error) {
 			x[i] = c == 1
 		}
 		return x, nil
-	default:
-		return nil, fmt.Errorf("datatype %s has no binary form here", d)
 	}
-	if _, err := binary.Decode(b, binary.LittleEndian, v); err != nil {
+	return nil, fmt.Errorf("datatype %s has no binary form here", d)
+}
+
+// hostLittleEndian is true on the hosts edgefleet ships for (x86-64, arm64), where the
+// protocol's little-endian bytes are already the memory layout of the typed slice.
+var hostLittleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// decodeLE returns n little-endian elements of b (exactly n elements' worth of bytes): with
+// alias, b itself where the host is little-endian and b is aligned for T; else a new slice, one
+// memory copy on a little-endian host, where encoding/binary would convert element by element
+// (for ocr_cls's 110 KB input, tens of µs per request).
+func decodeLE[T int8 | int16 | uint16 | int32 | uint32 | int64 | uint64 | float32 | float64](n int, b []byte, alias bool) (any, error) {
+	var zero T
+	size := int(unsafe.Sizeof(zero))
+	if len(b) != n*size {
+		return nil, fmt.Errorf("binary data: %d bytes for %d elements of %d bytes", len(b), n, size)
+	}
+	if alias && hostLittleEndian && n > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%unsafe.Alignof(zero) == 0 {
+		return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n), nil
+	}
+	x := make([]T, n)
+	if hostLittleEndian {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(x))), len(b)), b)
+		return x, nil
+	}
+	if _, err := binary.Decode(b, binary.LittleEndian, x); err != nil {
 		return nil, fmt.Errorf("binary data: %w", err)
 	}
-	return v, nil
+	return x, nil
 }
 
 // decodeJSONData parses a flat or nested JSON array of exactly n scalars into d's slice type.
@@ -348,6 +378,11 @@ func decodeAt(s *scanner, d onnxrt.DType, n int) (any, error) {
 	switch d {
 	case onnxrt.FP32:
 		x := make([]float32, n)
+		start := s.i
+		if fastFloats(s, x, true) {
+			return x, nil
+		}
+		s.i = start
 		out = x
 		put = func(tok []byte, i int) error {
 			v, err := parseFloat(tok, 32)
@@ -356,6 +391,11 @@ func decodeAt(s *scanner, d onnxrt.DType, n int) (any, error) {
 		}
 	case onnxrt.FP64:
 		x := make([]float64, n)
+		start := s.i
+		if fastFloats(s, x, false) {
+			return x, nil
+		}
+		s.i = start
 		out = x
 		put = func(tok []byte, i int) error {
 			v, err := parseFloat(tok, 64)

@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
@@ -90,6 +91,11 @@ func appendBinary(b []byte, data any) []byte {
 			}
 		}
 		return b
+	}
+	if hostLittleEndian {
+		if raw, ok := rawBytes(data); ok {
+			return append(b, raw...)
+		}
 	}
 	out, err := binary.Append(b, binary.LittleEndian, data)
 	if err != nil {
@@ -207,4 +213,38 @@ func AppendError(b []byte, msg string, extra ...[2]string) []byte {
 		b = appendString(b, kv[1])
 	}
 	return append(b, '}')
+}
+
+// rawBytes views a numeric slice's memory as bytes (the protocol's layout on a little-endian host).
+func rawBytes(data any) ([]byte, bool) {
+	switch d := data.(type) {
+	case []float32:
+		return asBytes(d), true
+	case []float64:
+		return asBytes(d), true
+	case []int8:
+		return asBytes(d), true
+	case []uint8:
+		return d, true
+	case []int16:
+		return asBytes(d), true
+	case []uint16:
+		return asBytes(d), true
+	case []int32:
+		return asBytes(d), true
+	case []uint32:
+		return asBytes(d), true
+	case []int64:
+		return asBytes(d), true
+	case []uint64:
+		return asBytes(d), true
+	}
+	return nil, false
+}
+
+func asBytes[T any](d []T) []byte {
+	if len(d) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(d))), len(d)*int(unsafe.Sizeof(d[0])))
 }

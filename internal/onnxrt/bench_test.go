@@ -9,8 +9,9 @@ import (
 
 // BenchmarkRun compares a bare onnxruntime_go DynamicAdvancedSession (input tensor made once,
 // output allocated by ORT and destroyed per call: the least a caller of the binding does) with
-// Session.Run (validation, per-call input values, output copy into a Tensor). Both use one
-// intra-op thread so the figures measure per-call cost, not thread-pool scheduling.
+// Session.Run (validation, input copied into a reused ORT value or wrapped when large, output
+// pre-allocated where its shape is known and copied out for the caller). Both use one intra-op
+// thread so the figures measure per-call cost, not thread-pool scheduling.
 //
 //	go test ./internal/onnxrt/ -run '^$' -bench BenchmarkRun -benchmem
 func BenchmarkRun(b *testing.B) {

@@ -2,6 +2,7 @@ package onnxrt
 
 import (
 	"fmt"
+	"slices"
 	"unsafe"
 
 	ort "github.com/yalue/onnxruntime_go"
@@ -150,4 +151,122 @@ func fromValue(name string, v ort.Value) (Tensor, error) {
 		return Tensor{}, fmt.Errorf("output %q: value of type %T is not supported", name, v)
 	}
 	return t, nil
+}
+
+// size is the element size in bytes (0 for types a Session cannot run).
+func (d DType) size() int {
+	switch d {
+	case FP64, INT64, UINT64:
+		return 8
+	case FP32, INT32, UINT32:
+		return 4
+	case FP16, INT16, UINT16:
+		return 2
+	case INT8, UINT8, BOOL:
+		return 1
+	}
+	return 0
+}
+
+// emptyValue allocates an output of dtype d and the given shape for ORT to fill.
+func emptyValue(d DType, shape ort.Shape) (ort.Value, error) {
+	if len(shape) == 0 {
+		return emptyScalar(d)
+	}
+	switch d {
+	case FP32:
+		return ort.NewEmptyTensor[float32](shape)
+	case FP64:
+		return ort.NewEmptyTensor[float64](shape)
+	case FP16:
+		return ort.NewCustomDataTensor(shape, make([]byte, 2*shape.FlattenedSize()), ort.TensorElementDataTypeFloat16)
+	case INT8:
+		return ort.NewEmptyTensor[int8](shape)
+	case UINT8:
+		return ort.NewEmptyTensor[uint8](shape)
+	case INT16:
+		return ort.NewEmptyTensor[int16](shape)
+	case UINT16:
+		return ort.NewEmptyTensor[uint16](shape)
+	case INT32:
+		return ort.NewEmptyTensor[int32](shape)
+	case UINT32:
+		return ort.NewEmptyTensor[uint32](shape)
+	case INT64:
+		return ort.NewEmptyTensor[int64](shape)
+	case UINT64:
+		return ort.NewEmptyTensor[uint64](shape)
+	case BOOL:
+		return ort.NewEmptyTensor[bool](shape)
+	}
+	return nil, fmt.Errorf("outputs of datatype %s are not supported", d)
+}
+
+// isGoTensor reports whether fromValue hands out v's own Go slice (rather than a copy), so that
+// a reused value's data must be cloned before it leaves Run.
+func isGoTensor(v ort.Value) bool {
+	switch v.(type) {
+	case *ort.Tensor[float32], *ort.Tensor[float64], *ort.Tensor[int8], *ort.Tensor[uint8], *ort.Tensor[int16],
+		*ort.Tensor[uint16], *ort.Tensor[int32], *ort.Tensor[uint32], *ort.Tensor[int64], *ort.Tensor[uint64], *ort.Tensor[bool]:
+		return true
+	}
+	return false
+}
+
+// cloneData returns a copy of a Tensor's Data slice.
+func cloneData(d any) any {
+	switch x := d.(type) {
+	case []float32:
+		return slices.Clone(x)
+	case []float64:
+		return slices.Clone(x)
+	case []int8:
+		return slices.Clone(x)
+	case []uint8:
+		return slices.Clone(x)
+	case []int16:
+		return slices.Clone(x)
+	case []uint16:
+		return slices.Clone(x)
+	case []int32:
+		return slices.Clone(x)
+	case []uint32:
+		return slices.Clone(x)
+	case []int64:
+		return slices.Clone(x)
+	case []uint64:
+		return slices.Clone(x)
+	case []bool:
+		return slices.Clone(x)
+	}
+	return d
+}
+
+// copyData copies src into dst, slices of the same type and length (validated inputs into the
+// buffers newState made for their shapes).
+func copyData(dst, src any) {
+	switch x := src.(type) {
+	case []float32:
+		copy(dst.([]float32), x)
+	case []float64:
+		copy(dst.([]float64), x)
+	case []int8:
+		copy(dst.([]int8), x)
+	case []uint8:
+		copy(dst.([]uint8), x)
+	case []int16:
+		copy(dst.([]int16), x)
+	case []uint16:
+		copy(dst.([]uint16), x)
+	case []int32:
+		copy(dst.([]int32), x)
+	case []uint32:
+		copy(dst.([]uint32), x)
+	case []int64:
+		copy(dst.([]int64), x)
+	case []uint64:
+		copy(dst.([]uint64), x)
+	case []bool:
+		copy(dst.([]bool), x)
+	}
 }

@@ -49,6 +49,12 @@ type Options struct {
 	ExecutionProvider string
 	// DeviceID selects the GPU for cuda and tensorrt.
 	DeviceID int
+	// TensorRTCacheDir, with the tensorrt provider, is where TensorRT keeps the engines it builds
+	// and its timing cache (see TensorRTProviderOptions). Building an engine takes seconds to
+	// minutes; with a cache, a session of the same model on the same device loads the engine
+	// instead. The agent points it into the bundle's slot folder, so that an A/B revert finds its
+	// engine. Empty: no cache, engines are built for every session.
+	TensorRTCacheDir string
 	// RequireProvider turns a fallback into an error, for callers that must prove a variant runs
 	// on its provider (e.g. a bundle built for tensorrt).
 	RequireProvider bool
@@ -69,15 +75,20 @@ type Session struct {
 	schema   Schema
 	provider string
 	fallback string
-	// scalarOut marks rank-0 outputs, which Run pre-allocates (see emptyScalar).
-	scalarOut []bool
-	// halfOut says, for each FP16 output, how Run sizes it (see planHalfOutputs).
-	halfOut [][]dimSource
-	profile string // the prefix handed to ORT, "" when profiling is off
+	// outPlan says, for each output whose shape the schema fixes, how Run sizes it (see
+	// planOutputs); nil where ORT allocates the output.
+	outPlan [][]dimSource
+	// noPreOut is set once a run failed with optional pre-allocated outputs and worked without:
+	// the model's outputs do not keep their schema shapes.
+	noPreOut atomic.Bool
+	profile  string // the prefix handed to ORT, "" when profiling is off
 
 	mu     sync.RWMutex // Run holds it shared, Close exclusively
 	ort    *ort.DynamicAdvancedSession
 	closed bool
+
+	freeMu sync.Mutex
+	free   []*runState // idle run states, for reuse by calls with the same input shapes
 }
 
 var profileSeq atomic.Int64
@@ -97,11 +108,8 @@ func NewSession(model []byte, opts Options) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{schema: schema, scalarOut: make([]bool, len(schema.Outputs))}
-	for i, o := range schema.Outputs {
-		s.scalarOut[i] = o.Shape != nil && len(o.Shape) == 0
-	}
-	if s.halfOut, err = planHalfOutputs(schema); err != nil {
+	s := &Session{schema: schema}
+	if s.outPlan, err = planOutputs(schema); err != nil {
 		return nil, err
 	}
 	if opts.ProfilePath != "" {
@@ -168,7 +176,7 @@ func (s *Session) create(model []byte, opts Options, provider string) (*ort.Dyna
 			return nil, fmt.Errorf("enable profiling: %w", err)
 		}
 	}
-	if err := appendProvider(so, provider, opts.DeviceID); err != nil {
+	if err := appendProvider(so, provider, opts); err != nil {
 		return nil, err
 	}
 	in := make([]string, len(s.schema.Inputs))
@@ -184,15 +192,15 @@ func (s *Session) create(model []byte, opts Options, provider string) (*ort.Dyna
 
 // appendProvider adds provider and, for tensorrt, cuda behind it, so that nodes TensorRT cannot
 // take still run on the GPU. CPU needs nothing: ORT always places what is left on CPU.
-func appendProvider(so *ort.SessionOptions, provider string, device int) error {
-	dev := map[string]string{"device_id": strconv.Itoa(device)}
+func appendProvider(so *ort.SessionOptions, provider string, opts Options) error {
+	dev := map[string]string{"device_id": strconv.Itoa(opts.DeviceID)}
 	if provider == ProviderTensorRT {
 		o, err := ort.NewTensorRTProviderOptions()
 		if err != nil {
 			return fmt.Errorf("tensorrt options: %w", err)
 		}
 		defer o.Destroy()
-		if err := o.Update(dev); err != nil {
+		if err := o.Update(TensorRTProviderOptions(opts)); err != nil {
 			return fmt.Errorf("tensorrt options: %w", err)
 		}
 		if err := so.AppendExecutionProviderTensorRT(o); err != nil {
@@ -215,6 +223,22 @@ func appendProvider(so *ort.SessionOptions, provider string, device int) error {
 	return nil
 }
 
+// TensorRTProviderOptions returns the options NewSession gives ONNX Runtime's TensorRT provider
+// (OrtTensorRTProviderOptionsV2 keys): the device, and with TensorRTCacheDir the engine and
+// timing caches in that folder. TensorRT builds an engine on the first run of each input shape
+// profile, not when the session is created; the caller runs a warm-up inference before serving
+// (the agent's install step "loading" does, before the smoke test's deadline starts).
+func TensorRTProviderOptions(opts Options) map[string]string {
+	m := map[string]string{"device_id": strconv.Itoa(opts.DeviceID)}
+	if opts.TensorRTCacheDir != "" {
+		m["trt_engine_cache_enable"] = "1"
+		m["trt_engine_cache_path"] = opts.TensorRTCacheDir
+		m["trt_timing_cache_enable"] = "1"
+		m["trt_timing_cache_path"] = opts.TensorRTCacheDir
+	}
+	return m
+}
+
 // Schema returns the model's inputs and outputs.
 func (s *Session) Schema() Schema { return s.schema }
 
@@ -227,8 +251,12 @@ func (s *Session) FallbackReason() string { return s.fallback }
 
 // Run validates inputs against the schema, then runs the model and returns its outputs in the
 // schema's order. An input problem is an *InputError and never reaches ONNX Runtime. Inputs may
-// be given in any order; their data is read, not copied, and must not change during the call.
-// Cancelling ctx stops a run in progress at ORT's next check.
+// be given in any order; their data is read during the call and must not change during it; the
+// outputs belong to the caller. Cancelling ctx stops a run in progress at ORT's next check.
+//
+// The per-call cost over the bare binding is kept to a few small allocations: a call takes a
+// runState (ORT values made for its input shapes, see runState) from the session's free list, so
+// a stream of same-shaped calls creates and releases no ORT values.
 func (s *Session) Run(ctx context.Context, inputs []Tensor) ([]Tensor, error) {
 	ordered, err := orderInputs(s.schema, inputs)
 	if err != nil {
@@ -242,58 +270,227 @@ func (s *Session) Run(ctx context.Context, inputs []Tensor) ([]Tensor, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
+	st, err := s.getState(ordered)
+	if err != nil {
+		return nil, err
+	}
+	defer s.putState(st)
 
-	in := make([]ort.Value, len(ordered))
-	defer destroyAll(in)
+	wrapped := false
 	for i, t := range ordered {
-		if in[i], err = toValue(t); err != nil {
+		if st.in[i] != nil {
+			copyData(st.inBuf[i], t.Data)
+			st.args[i] = st.in[i]
+			continue
+		}
+		// A large or scalar input: wrap the caller's memory (no copy) for this call only.
+		v, err := toValue(t)
+		if err != nil {
+			st.releaseWrapped(i)
 			return nil, &InputError{Input: t.Name, Reason: err.Error()}
 		}
+		st.args[i], wrapped = v, true
 	}
-	out := make([]ort.Value, len(s.schema.Outputs))
-	defer destroyAll(out)
-	for i, scalar := range s.scalarOut {
-		if scalar {
-			if out[i], err = emptyScalar(s.schema.Outputs[i].DType); err != nil {
-				return nil, fmt.Errorf("onnxrt: output %q: %w", s.schema.Outputs[i].Name, err)
-			}
+	copy(st.outArgs, st.out)
+	err = s.runWith(ctx, st, st.args, st.outArgs)
+	if err != nil && st.optOut && ctx.Err() == nil {
+		// A pre-allocated output whose schema shape the model does not keep fails the run. Try
+		// again with ORT allocating those outputs; if that works, stop pre-allocating them.
+		destroyAll(allocated(st.outArgs, st.out))
+		st.dropOptional()
+		copy(st.outArgs, st.out)
+		if err = s.runWith(ctx, st, st.args, st.outArgs); err == nil {
+			s.noPreOut.Store(true)
 		}
-	}
-	for i, plan := range s.halfOut {
-		if plan != nil && out[i] == nil {
-			shape := make(ort.Shape, len(plan))
-			for j, src := range plan {
-				shape[j] = src.size(ordered)
-			}
-			if out[i], err = ort.NewCustomDataTensor(shape, make([]byte, 2*shape.FlattenedSize()), ort.TensorElementDataTypeFloat16); err != nil {
-				return nil, fmt.Errorf("onnxrt: output %q: %w", s.schema.Outputs[i].Name, err)
-			}
-		}
-	}
-
-	if ctx.Done() == nil {
-		err = s.ort.Run(in, out)
-	} else {
-		err = s.runCancellable(ctx, in, out)
 	}
 	// ORT reads the Go-owned input buffers through C pointers the GC cannot see.
 	runtime.KeepAlive(ordered)
+	if wrapped {
+		st.releaseWrapped(len(ordered))
+	}
 	if err != nil {
+		destroyAll(allocated(st.outArgs, st.out))
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("onnxrt: run: %w (%v)", ctxErr, err)
 		}
 		return nil, fmt.Errorf("onnxrt: run: %w", err)
 	}
-	res := make([]Tensor, len(out))
-	for i, v := range out {
+	res := make([]Tensor, len(st.outArgs))
+	for i, v := range st.outArgs {
 		if v == nil {
-			return nil, fmt.Errorf("onnxrt: run: output %q missing", s.schema.Outputs[i].Name)
+			err = fmt.Errorf("onnxrt: run: output %q missing", s.schema.Outputs[i].Name)
+			continue
 		}
-		if res[i], err = fromValue(s.schema.Outputs[i].Name, v); err != nil {
-			return nil, fmt.Errorf("onnxrt: run: %w", err)
+		if err == nil {
+			if res[i], err = fromValue(s.schema.Outputs[i].Name, v); err != nil {
+				err = fmt.Errorf("onnxrt: run: %w", err)
+			}
+		}
+		if st.out[i] == nil {
+			v.Destroy() // allocated by ORT for this call
+		} else if isGoTensor(v) {
+			res[i].Data = cloneData(res[i].Data) // the state's buffer: the caller gets its own
 		}
 	}
+	if err != nil {
+		return nil, err
+	}
 	return res, nil
+}
+
+// copyLimit is the largest input, in bytes, that Run copies into a reused buffer rather than
+// wrapping the caller's memory in a new ORT value. Below it, creating and releasing the value
+// (two cgo calls and some allocations, ~1 µs) costs more than the copy; above it, the copy does.
+const copyLimit = 64 << 10
+
+// preallocLimit is the largest output, in bytes, that a run state pre-allocates when it does not
+// have to (FP16 and scalar outputs must be); ORT allocates larger ones per call.
+const preallocLimit = 256 << 10
+
+// maxFreeStates bounds the run states a session keeps between calls (the least recently used
+// goes first), so that a model fed many input shapes does not keep a state for each.
+const maxFreeStates = 16
+
+// runState holds the ORT values one Run call uses: inputs over reused Go buffers of one set of
+// input shapes, outputs allocated up front where the schema fixes their shape, and run options
+// for cancellable calls. One call uses a state at a time; calls take them from Session.free.
+type runState struct {
+	shapes  [][]int64       // the input shapes the state was made for
+	in      []ort.Value     // nil where an input is wrapped per call (large or scalar)
+	inBuf   []any           // the Go buffers behind in
+	out     []ort.Value     // pre-allocated outputs; nil where ORT allocates
+	req     []bool          // out[i] must be pre-allocated (FP16, scalar), not merely may be
+	optOut  bool            // some out[i] is pre-allocated without being required
+	args    []ort.Value     // this call's inputs
+	outArgs []ort.Value     // this call's outputs (ORT fills the nil ones)
+	ro      *ort.RunOptions // made on the first cancellable call
+}
+
+func (st *runState) fits(in []Tensor) bool {
+	if len(in) != len(st.shapes) {
+		return false
+	}
+	for i, t := range in {
+		if !slices.Equal(t.Shape, st.shapes[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// releaseWrapped destroys the per-call values among the first n inputs.
+func (st *runState) releaseWrapped(n int) {
+	for i := range n {
+		if st.in[i] == nil && st.args[i] != nil {
+			st.args[i].Destroy()
+		}
+		st.args[i] = nil
+	}
+}
+
+// dropOptional releases the outputs that were pre-allocated without being required.
+func (st *runState) dropOptional() {
+	for i, v := range st.out {
+		if v != nil && !st.req[i] {
+			v.Destroy()
+			st.out[i] = nil
+		}
+	}
+	st.optOut = false
+}
+
+func (st *runState) destroy() {
+	destroyAll(st.in)
+	destroyAll(st.out)
+	if st.ro != nil {
+		st.ro.Destroy()
+	}
+}
+
+// allocated returns the outputs ORT allocated in a call (those not pre-allocated).
+func allocated(outArgs, pre []ort.Value) []ort.Value {
+	var vs []ort.Value
+	for i, v := range outArgs {
+		if pre[i] == nil && v != nil {
+			vs = append(vs, v)
+		}
+		outArgs[i] = nil
+	}
+	return vs
+}
+
+func (s *Session) getState(in []Tensor) (*runState, error) {
+	s.freeMu.Lock()
+	for i := len(s.free) - 1; i >= 0; i-- {
+		if st := s.free[i]; st.fits(in) && !(st.optOut && s.noPreOut.Load()) {
+			s.free = slices.Delete(s.free, i, i+1)
+			s.freeMu.Unlock()
+			return st, nil
+		}
+	}
+	s.freeMu.Unlock()
+	return s.newState(in)
+}
+
+func (s *Session) putState(st *runState) {
+	clear(st.args)
+	clear(st.outArgs)
+	var evict *runState
+	s.freeMu.Lock()
+	if len(s.free) >= maxFreeStates {
+		// Keep the most recently used: with many input shapes, the current ones.
+		evict = s.free[0]
+		s.free = slices.Delete(s.free, 0, 1)
+	}
+	s.free = append(s.free, st)
+	s.freeMu.Unlock()
+	if evict != nil {
+		evict.destroy()
+	}
+}
+
+func (s *Session) newState(in []Tensor) (*runState, error) {
+	nout := len(s.schema.Outputs)
+	st := &runState{shapes: make([][]int64, len(in)), in: make([]ort.Value, len(in)), inBuf: make([]any, len(in)),
+		args: make([]ort.Value, len(in)), out: make([]ort.Value, nout), req: make([]bool, nout), outArgs: make([]ort.Value, nout)}
+	for i, t := range in {
+		st.shapes[i] = slices.Clone(t.Shape)
+		if len(t.Shape) == 0 || t.Len()*t.DType.size() > copyLimit {
+			continue
+		}
+		buf := cloneData(t.Data)
+		v, err := toValue(Tensor{Name: t.Name, DType: t.DType, Shape: st.shapes[i], Data: buf})
+		if err != nil {
+			st.destroy()
+			return nil, &InputError{Input: t.Name, Reason: err.Error()}
+		}
+		st.in[i], st.inBuf[i] = v, buf
+	}
+	for i, plan := range s.outPlan {
+		if plan == nil {
+			continue
+		}
+		o := s.schema.Outputs[i]
+		req := o.DType == FP16 || len(plan) == 0
+		if !req && s.noPreOut.Load() {
+			continue
+		}
+		shape := make(ort.Shape, len(plan))
+		for j, src := range plan {
+			shape[j] = src.size(in)
+		}
+		if !req && shape.FlattenedSize()*int64(o.DType.size()) > preallocLimit {
+			continue // kept per state and shape, a large output would cost more memory than its allocation costs time
+		}
+		v, err := emptyValue(o.DType, shape)
+		if err != nil {
+			st.destroy()
+			return nil, fmt.Errorf("onnxrt: output %q: %w", o.Name, err)
+		}
+		st.out[i], st.req[i] = v, req
+		st.optOut = st.optOut || !req
+	}
+	return st, nil
 }
 
 // destroyAll releases values, skipping nil ones, including the typed nil pointers the binding
@@ -306,22 +503,30 @@ func destroyAll(vs []ort.Value) {
 	}
 }
 
-// runCancellable runs with ORT run options whose terminate flag is raised when ctx ends.
-func (s *Session) runCancellable(ctx context.Context, in, out []ort.Value) error {
-	ro, err := ort.NewRunOptions()
-	if err != nil {
-		return fmt.Errorf("run options: %w", err)
+// runWith runs, with the state's ORT run options when ctx can end: their terminate flag is
+// raised when it does, and lowered again before the state is reused.
+func (s *Session) runWith(ctx context.Context, st *runState, in, out []ort.Value) error {
+	if ctx.Done() == nil {
+		return s.ort.Run(in, out)
 	}
+	if st.ro == nil {
+		ro, err := ort.NewRunOptions()
+		if err != nil {
+			return fmt.Errorf("run options: %w", err)
+		}
+		st.ro = ro
+	}
+	ro := st.ro
 	terminated := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(terminated)
 		ro.Terminate()
 	})
-	err = s.ort.RunWithOptions(in, out, ro)
+	err := s.ort.RunWithOptions(in, out, ro)
 	if !stop() {
 		<-terminated // Terminate may still be using ro
+		ro.UnsetTerminate()
 	}
-	ro.Destroy()
 	return err
 }
 
@@ -338,6 +543,10 @@ func (s *Session) closeLocked() error {
 		return nil
 	}
 	s.closed = true
+	for _, st := range s.free {
+		st.destroy()
+	}
+	s.free = nil
 	if err := s.ort.Destroy(); err != nil {
 		return fmt.Errorf("onnxrt: close session: %w", err)
 	}
@@ -386,22 +595,22 @@ func (d dimSource) size(inputs []Tensor) int64 {
 	return inputs[d.in].Shape[d.dim]
 }
 
-// planHalfOutputs works out how to size each FP16 output before the run. onnxruntime_go
-// v1.27.0 cannot return an FP16 output that ORT allocates (it copies one byte per element and
-// then fails), but it can fill one we allocate. That needs the shape up front: fixed dimensions,
-// or symbolic ones that an input shares by name ("batch" in and out). A model with any other
-// FP16 output is refused here rather than failing on every request.
-func planHalfOutputs(s Schema) ([][]dimSource, error) {
-	var plans [][]dimSource
+// planOutputs works out how to size each output before the run, where the schema allows:
+// fixed dimensions, or symbolic ones that an input shares by name ("batch" in and out). Run
+// pre-allocates those outputs, which saves ORT's allocation and the binding's conversion of each
+// output per call. A rank-0 output gets an empty plan: the binding cannot return an ORT-allocated
+// scalar. FP16 outputs must be planned: onnxruntime_go v1.27.0 cannot return one that ORT
+// allocates (it copies one byte per element and then fails), but it can fill one we allocate; a
+// model with any other FP16 output is refused here rather than failing on every request.
+func planOutputs(s Schema) ([][]dimSource, error) {
+	plans := make([][]dimSource, len(s.Outputs))
 	for i, o := range s.Outputs {
-		if o.DType != FP16 {
+		half := o.DType == FP16
+		if o.Shape == nil || (half && len(o.Shape) == 0) {
+			if half {
+				return nil, fmt.Errorf("onnxrt: FP16 output %s: onnxruntime_go cannot return FP16 outputs of unknown rank or rank 0", o)
+			}
 			continue
-		}
-		if plans == nil {
-			plans = make([][]dimSource, len(s.Outputs))
-		}
-		if len(o.Shape) == 0 {
-			return nil, fmt.Errorf("onnxrt: FP16 output %s: onnxruntime_go cannot return FP16 outputs of unknown rank or rank 0", o)
 		}
 		plan := make([]dimSource, len(o.Shape))
 		for j, d := range o.Shape {
@@ -422,8 +631,12 @@ func planHalfOutputs(s Schema) ([][]dimSource, error) {
 				}
 			}
 			if !found {
-				return nil, fmt.Errorf("onnxrt: FP16 output %s: dimension %d is dynamic and shares no name with an input dimension; "+
-					"onnxruntime_go cannot return such an output (export it as FP32, or give it a fixed or input-named size)", o, j)
+				if half {
+					return nil, fmt.Errorf("onnxrt: FP16 output %s: dimension %d is dynamic and shares no name with an input dimension; "+
+						"onnxruntime_go cannot return such an output (export it as FP32, or give it a fixed or input-named size)", o, j)
+				}
+				plan = nil
+				break
 			}
 		}
 		plans[i] = plan
