@@ -14,6 +14,9 @@ import (
 // which is what fuses Q/DQ into QLinearConv). Compare ns/op of the fp32 and int8 sub-benchmarks.
 // fp32-rewritten is the float model after the quantizer's graph rewrites (see floatRewritten):
 // the baseline stays the original model, this one shows how much of the gain is not int8's.
+// For ocr_cls, int8-unpadded is the layout before depthwise padding and QLinearMul gates
+// (NoPadDepthwise, NoCloseMul) and int8-float-depthwise keeps its unpadded depthwise
+// convolutions float (FloatDepthwise), for comparison in the same run.
 // QUANT_BENCH_THREADS sets the intra-op threads of every session (default 1).
 func BenchmarkFP32vsINT8(b *testing.B) {
 	type bench struct {
@@ -58,12 +61,20 @@ func BenchmarkFP32vsINT8(b *testing.B) {
 			}
 			if c.file == "ocr_cls.onnx" {
 				o := c.opts(in)
+				o.NoPadDepthwise, o.NoCloseMul = true, true
+				old, err := Quantize(context.Background(), float, o)
+				if err != nil {
+					b.Fatal(err)
+				}
 				o.FloatDepthwise = true
 				fdw, err := Quantize(context.Background(), float, o)
 				if err != nil {
 					b.Fatal(err)
 				}
 				variants = append(variants, struct {
+					name  string
+					model []byte
+				}{"int8-unpadded", old.Model}, struct {
 					name  string
 					model []byte
 				}{"int8-float-depthwise", fdw.Model})

@@ -85,6 +85,14 @@ type Options struct {
 	// FloatHardSwish leaves hard-swish activations in float (DequantizeLinear, five float ops,
 	// QuantizeLinear) instead of computing them on the integers. For measurements.
 	FloatHardSwish bool
+	// NoPadDepthwise keeps depthwise convolutions at their own channel count. By default one whose
+	// count is not a multiple of 16 is widened to the next multiple with zero filters (exact, see
+	// padDepthwise), so that ORT packs it for MLAS's fast int8 depthwise kernel. For measurements.
+	NoPadDepthwise bool
+	// NoCloseMul leaves a Mul of a quantized and a float activation (squeeze-excite scaling) in
+	// float instead of quantizing the float input so that ORT runs it as QLinearMul. For
+	// measurements.
+	NoCloseMul bool
 }
 
 // Skip records a tensor or node that was left in float, and why.
@@ -109,6 +117,8 @@ type Result struct {
 	FoldedBatchNorms int `json:"folded_batch_norms,omitempty"`
 	// FoldedAffines counts scalar Mul/Add nodes after a Conv merged into its weights and bias.
 	FoldedAffines int `json:"folded_affines,omitempty"`
+	// PaddedDepthwise lists the depthwise Convs widened to a multiple of 16 channels (padDepthwise).
+	PaddedDepthwise []string `json:"padded_depthwise,omitempty"`
 	// Quantized names the nodes that now run in int8 ("Conv conv1").
 	Quantized []string `json:"quantized"`
 	// Activations maps each quantized activation to its calibrated range.

@@ -147,6 +147,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	}
 	res.FoldedBatchNorms = foldBatchNorm(md)
 	res.FoldedAffines = foldAffine(md)
+	if !opts.NoPadDepthwise {
+		res.PaddedDepthwise = padDepthwise(md)
+	}
 
 	var cands []*candidate
 	for _, gr := range md.graphs {
@@ -208,6 +211,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	for _, h := range swish {
 		observeNames = append(observeNames, h.y)
 	}
+	if !opts.NoCloseMul {
+		observeNames = append(observeNames, floatMulInputs(md, quantizedSet(acts, swish))...)
+	}
 	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
 	if err != nil {
 		return err
@@ -223,7 +229,7 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		}
 		if opts.FloatDepthwise && slowDepthwise(c) {
 			res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: c.w.name,
-				Reason: "depthwise Conv whose channel count is not a multiple of 16 stays float (Options.FloatDepthwise): MLAS's packed symmetric int8 depthwise kernel does not take it, its generic one was slower than the float NCHWc kernel (RESULTS.md)"})
+				Reason: "depthwise: int8 kernel slower on this CPU (channel count not a multiple of 16 and could not be padded: MLAS's packed symmetric int8 depthwise kernel does not take it, its generic one was slower than the float NCHWc kernel; Options.FloatDepthwise)"})
 			continue
 		}
 		kept = append(kept, c)
@@ -243,6 +249,12 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		if h := found[c.out]; h != nil {
 			addAct(h.y)
 			swish[c.out], swishByY[h.y] = h, h
+		}
+	}
+	if !opts.NoCloseMul {
+		for _, t := range floatMulInputs(md, quantizedSet(acts, swish)) {
+			addAct(t)
+			res.Quantized = append(res.Quantized, "Mul input "+t+" (so that the Mul runs as QLinearMul)")
 		}
 	}
 	ranks := map[string]int{}
@@ -416,6 +428,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	if len(swish) > 0 {
 		res.Method += " integer-hardswish"
 	}
+	if len(res.PaddedDepthwise) > 0 {
+		res.Method += " padded-depthwise"
+	}
 	reportWeights(md, opts, res)
 	return nil
 }
@@ -495,4 +510,44 @@ func slowDepthwise(c *candidate) bool {
 	dims := c.w.t.GetDims()
 	g := attrInt(c.n, "group", 1)
 	return g > 1 && dims[1] == 1 && dims[0] == g && g%16 != 0
+}
+
+// quantizedSet is the set of activations that will have a Q/DQ pair: acts and the outputs of
+// the integer hard-swishes.
+func quantizedSet(acts []string, swish map[string]*hardSwish) map[string]bool {
+	q := map[string]bool{}
+	for _, t := range acts {
+		q[t] = true
+	}
+	for _, h := range swish {
+		q[h.y] = true
+	}
+	return q
+}
+
+// floatMulInputs returns, for every Mul of the main graph whose output and one input are
+// quantized activations, its other input when that is a float activation (not a constant).
+// Quantizing it too lets ORT fuse DQ, DQ -> Mul -> Q into one QLinearMul instead of running a
+// DequantizeLinear, a float Mul and a QuantizeLinear: in MobileNetV3's squeeze-excite blocks that
+// is the channel scaling x * hardsigmoid(...), whose float Mul over the whole feature map (and the
+// conversions around it) cost more than the int8 convolutions gained (RESULTS.md). The gate's new
+// rounding is at most half a step of a [0, 1]-ish range.
+func floatMulInputs(md *model, quantized map[string]bool) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range md.main.g.GetNode() {
+		if n.GetOpType() != "Mul" || len(n.GetInput()) != 2 || len(n.GetOutput()) != 1 || !quantized[n.GetOutput()[0]] {
+			continue
+		}
+		a, b := n.GetInput()[0], n.GetInput()[1]
+		if quantized[b] {
+			a, b = b, a
+		}
+		if !quantized[a] || quantized[b] || seen[b] || md.weights[b] != nil || md.main.isInput(b) {
+			continue
+		}
+		seen[b] = true
+		out = append(out, b)
+	}
+	return out
 }
