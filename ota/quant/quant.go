@@ -93,6 +93,10 @@ type Options struct {
 	// float instead of quantizing the float input so that ORT runs it as QLinearMul. For
 	// measurements.
 	NoCloseMul bool
+	// KeepSlowLayout turns off the layout choices made for ORT's CPU kernels beyond padding and
+	// QLinearMul gates: a hard-swish feeding a MaxPool stays integer (ORT then pools on uint8,
+	// slowly) and isolated light nodes are quantized anyway. For measurements.
+	KeepSlowLayout bool
 }
 
 // Skip records a tensor or node that was left in float, and why.

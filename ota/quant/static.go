@@ -3,6 +3,7 @@ package quant
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"sort"
 
@@ -203,6 +204,11 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	for _, c := range cands {
 		if !c.weightOnly && c.out == c.n.GetOutput()[0] && !opts.FloatHardSwish {
 			if h := matchHardSwish(md, c.out); h != nil {
+				if r := md.main.consumers(h.y); len(r) == 1 && r[0].GetOpType() == "MaxPool" && !opts.KeepSlowLayout {
+					res.Skipped = append(res.Skipped, Skip{Node: "HardSwish ->" + h.y, Tensor: h.y,
+						Reason: "feeds MaxPool: ORT runs MaxPool on uint8 NCHW tensors with a generic kernel (5-10x slower than its float NCHWc one on ocr_cls), so this hard-swish and the pooling stay float"})
+					continue
+				}
 				swish[c.out] = h
 			}
 		}
@@ -235,6 +241,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		kept = append(kept, c)
 	}
 	cands = kept
+	if !opts.KeepSlowLayout {
+		cands = dropIsolated(md, cands, swish, obs, res)
+	}
 	acts = acts[:0]
 	seen = map[string]bool{}
 	swishByY := map[string]*hardSwish{}
@@ -550,4 +559,109 @@ func floatMulInputs(md *model, quantized map[string]bool) []string {
 		out = append(out, b)
 	}
 	return out
+}
+
+// chainOps are the operators through which ORT's QDQ passes keep a quantized tensor quantized
+// (QLinearAdd/QLinearMul, uint8 pooling, Reshape and the other data-movement ops). Add and Mul
+// count when any input is quantized, which overestimates the chain: dropIsolated only uses it to
+// decide what is surely isolated.
+var chainOps = map[string]bool{"Add": true, "Mul": true, "MaxPool": true, "AveragePool": true,
+	"GlobalAveragePool": true, "Reshape": true, "Flatten": true, "Transpose": true, "Squeeze": true,
+	"Unsqueeze": true, "Concat": true, "Relu": true, "Clip": true, "Resize": true}
+
+// chainReach returns the tensors reachable from start through chainOps (the main graph's nodes are
+// in topological order).
+func chainReach(md *model, start map[string]bool) map[string]bool {
+	reach := maps.Clone(start)
+	for _, n := range md.main.g.GetNode() {
+		if !chainOps[n.GetOpType()] {
+			continue
+		}
+		for _, in := range n.GetInput() {
+			if reach[in] {
+				for _, o := range n.GetOutput() {
+					reach[o] = true
+				}
+				break
+			}
+		}
+	}
+	return reach
+}
+
+// isolatedMACs bounds the work of a candidate that dropIsolated leaves float: a heavy
+// convolution is worth its own Q/DQ pair, a classifier head is not.
+const isolatedMACs = 1 << 20
+
+// dropIsolated keeps float the light candidates whose input does not come from an int8 chain and
+// whose output does not lead into one: quantizing such a node alone costs a QuantizeLinear before
+// it and a DequantizeLinear after it, more than int8 saves on it (e.g. ocr_cls's final MatMul once
+// the hard-swish and MaxPool before it are float). Repeated until nothing changes, since dropping
+// one node can isolate its neighbour.
+func dropIsolated(md *model, cands []*candidate, swish map[string]*hardSwish, obs map[string]*observed, res *Result) []*candidate {
+	g := md.main
+	for changed := true; changed; {
+		changed = false
+		qout, qin := map[string]bool{}, map[string]bool{}
+		for _, c := range cands {
+			if c.weightOnly {
+				continue
+			}
+			qout[c.out], qin[c.x] = true, true
+			if h := swish[c.out]; h != nil {
+				qout[h.y] = true
+			}
+		}
+		for _, t := range g.g.GetInput() {
+			qout[t.GetName()] = true
+		}
+		reach := chainReach(md, qout)
+		kept := cands[:0]
+		for _, c := range cands {
+			if c.weightOnly || reach[c.x] || swish[c.out] != nil || macs(c, obs) >= isolatedMACs {
+				kept = append(kept, c)
+				continue
+			}
+			into := false
+			for t := range chainReach(md, map[string]bool{c.out: true}) {
+				if qin[t] {
+					into = true
+					break
+				}
+			}
+			if into {
+				kept = append(kept, c)
+				continue
+			}
+			res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: c.w.name,
+				Reason: "isolated: its input is not int8 and its output leads to no int8 op, so quantizing it alone would add a QuantizeLinear/DequantizeLinear pair around one light op; it stays float"})
+			changed = true
+		}
+		cands = kept
+	}
+	return cands
+}
+
+// macs estimates the multiply-adds of one run of c from its weight size and the calibrated
+// shape of its input (0 when the shape is unknown).
+func macs(c *candidate, obs map[string]*observed) int64 {
+	o := obs[c.x]
+	if o == nil || len(o.shape) < 2 {
+		return 0
+	}
+	w := int64(len(c.wv))
+	switch c.n.GetOpType() {
+	case "Conv":
+		if len(o.shape) < 3 {
+			return 0
+		}
+		n := o.shape[0] * spatial(o.shape) * w // output positions ~ input positions / stride^2; an upper bound
+		return n
+	default: // MatMul, Gemm: rows x K x N
+		rows := int64(1)
+		for _, d := range o.shape[:len(o.shape)-1] {
+			rows *= d
+		}
+		return rows * w
+	}
 }
