@@ -22,8 +22,8 @@ func kernelCount(stats []onnxrt.KernelStat, op string) int {
 // TestLayoutKernels asserts the structure that makes ocr_cls's int8 model fast, from ORT's
 // profile (no timings): by default every depthwise convolution is widened to a multiple of 16
 // channels (so that ORT packs it for MLAS's symmetric depthwise kernel) and runs as QLinearConv,
-// and the squeeze-excite scaling runs as QLinearMul instead of a float Mul between a
-// DequantizeLinear and a QuantizeLinear. The hard-swish before the MaxPool and the classifier
+// and the squeeze-excite blocks pool on the integers (QLinearGlobalAveragePool) and scale as
+// QLinearMul instead of a float Mul between a DequantizeLinear and a QuantizeLinear. The hard-swish before the MaxPool and the classifier
 // MatMul after it stay float (ORT's uint8 MaxPool is slow; an isolated MatMul would need its own
 // Q/DQ pair) and are reported as skipped. With padding off and FloatDepthwise on, the depthwise
 // convolutions ORT's int8 kernel would be slow on stay float and are reported as skipped, with the
@@ -78,6 +78,9 @@ func TestLayoutKernels(t *testing.T) {
 		}
 		if hasKernel(rep.Kernels, "QLinearMatMul") {
 			t.Errorf("the isolated classifier MatMul ran as QLinearMatMul")
+		}
+		if n := kernelCount(rep.KernelStats, "QLinearGlobalAveragePool"); n != seBlocks {
+			t.Errorf("QLinearGlobalAveragePool ran %d times, want one per squeeze-excite block (%d)", n, seBlocks)
 		}
 		if n := kernelCount(rep.KernelStats, "Conv"); n != 0 {
 			t.Errorf("%d float Conv kernels ran (a depthwise conv fell back to float?)", n)

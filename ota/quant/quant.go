@@ -90,8 +90,9 @@ type Options struct {
 	// padDepthwise), so that ORT packs it for MLAS's fast int8 depthwise kernel. For measurements.
 	NoPadDepthwise bool
 	// NoCloseMul leaves a Mul of a quantized and a float activation (squeeze-excite scaling) in
-	// float instead of quantizing the float input so that ORT runs it as QLinearMul. For
-	// measurements.
+	// float instead of quantizing the float input so that ORT runs it as QLinearMul, and a
+	// GlobalAveragePool of a quantized activation in float instead of quantizing its output so that
+	// ORT runs QLinearGlobalAveragePool. For measurements.
 	NoCloseMul bool
 	// KeepSlowLayout turns off the layout choices made for ORT's CPU kernels beyond padding and
 	// QLinearMul gates: a hard-swish feeding a MaxPool stays integer (ORT then pools on uint8,

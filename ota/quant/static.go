@@ -219,6 +219,7 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	}
 	if !opts.NoCloseMul {
 		observeNames = append(observeNames, floatMulInputs(md, quantizedSet(acts, swish))...)
+		observeNames = append(observeNames, poolOutputs(md, quantizedSet(acts, swish))...)
 	}
 	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
 	if err != nil {
@@ -264,6 +265,10 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		for _, t := range floatMulInputs(md, quantizedSet(acts, swish)) {
 			addAct(t)
 			res.Quantized = append(res.Quantized, "Mul input "+t+" (so that the Mul runs as QLinearMul)")
+		}
+		for _, t := range poolOutputs(md, quantizedSet(acts, swish)) {
+			addAct(t)
+			res.Quantized = append(res.Quantized, "GlobalAveragePool output "+t+" (so that the pooling runs as QLinearGlobalAveragePool)")
 		}
 	}
 	ranks := map[string]int{}
@@ -664,4 +669,22 @@ func macs(c *candidate, obs map[string]*observed) int64 {
 		}
 		return rows * w
 	}
+}
+
+// poolOutputs returns the outputs of GlobalAveragePool nodes whose input is a quantized
+// activation and whose output is not. Quantizing the pooled vector lets ORT pool on the integers
+// (QLinearGlobalAveragePool, in NHWC next to the QLinearConvs) instead of dequantizing the whole
+// feature map, transposing it back to NCHW and pooling in float: in MobileNetV3's
+// squeeze-excite blocks that was a DequantizeLinear, a Transpose and a float pool per block.
+func poolOutputs(md *model, quantized map[string]bool) []string {
+	var out []string
+	for _, n := range md.main.g.GetNode() {
+		if n.GetOpType() != "GlobalAveragePool" || len(n.GetInput()) != 1 || len(n.GetOutput()) != 1 {
+			continue
+		}
+		if quantized[n.GetInput()[0]] && !quantized[n.GetOutput()[0]] && !md.main.isOutput(n.GetOutput()[0]) {
+			out = append(out, n.GetOutput()[0])
+		}
+	}
+	return out
 }
