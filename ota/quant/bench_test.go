@@ -2,9 +2,12 @@ package quant
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
@@ -107,4 +110,65 @@ func benchThreads() int {
 		return n
 	}
 	return 1
+}
+
+// BenchmarkResultsTable prints the results table of RESULTS.md for every real model, measured in
+// one run: what the bundle builder would ship (QuantizeBest for the CNNs, dynamic for
+// hello_deepa), its size, its agreement on the held-out samples, and the int8/fp32 latency ratio
+// as the median of QUANT_TABLE_RUNS (default 300) interleaved runs of each, 1 intra-op thread,
+// with the kernels ORT's profiler saw. Run it with -benchtime 1x; the rows come out with -v.
+func BenchmarkResultsTable(b *testing.B) {
+	runs := 300
+	if n, err := strconv.Atoi(os.Getenv("QUANT_TABLE_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		b.Logf("| model | variant shipped | fp32 size | int8 size | ratio | agreement | latency fp32 -> int8 (ratio) | kernels that ran (int8) |")
+		b.Logf("| --- | --- | --- | --- | --- | --- | --- | --- |")
+		for _, file := range []string{"ocr_cls.onnx", "ocr_det.onnx", "hello_deepa.onnx", "silero_vad_v5.onnx"} {
+			float := realModel(b, file)
+			schema, err := onnxrt.Inspect(float)
+			if err != nil {
+				b.Fatal(err)
+			}
+			in := schema.Inputs[0].Name
+			var (
+				res  *Result
+				eval [][]onnxrt.Tensor
+			)
+			switch file {
+			case "ocr_cls.onnx":
+				eval = clsSamples(in, clsEvalSamples, 2)
+				res, _, err = QuantizeBest(ctx, float, Options{Samples: clsSamples(in, clsCalibSamples, 1), EvalSamples: eval, Threads: 2})
+			case "ocr_det.onnx":
+				eval = detSamples(in, detEvalSamples, detSize, 2)
+				res, _, err = QuantizeBest(ctx, float, Options{Samples: detSamples(in, detCalibSamples, detSize, 1), EvalSamples: eval, Threads: 2})
+			case "hello_deepa.onnx":
+				eval = featureSamples(in, deepaEvalSamples, 1)
+				res, err = Quantize(ctx, float, Options{Mode: Dynamic})
+			default:
+				_, err = Quantize(ctx, float, Options{Samples: featureSamples(in, 4, 1)})
+				b.Logf("| %s | not quantized | %d | - | - | - | - | %v |", file, len(float), err)
+				continue
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			rep, err := Evaluate(ctx, float, res.Model, eval, EvalOptions{Threads: 1, Runs: runs, LayerSamples: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var ks []string
+			for _, k := range rep.KernelStats {
+				ks = append(ks, fmt.Sprintf("%s %d", k.Op, k.Count))
+			}
+			b.Logf("| %s | %s | %d | %d | %.2fx | %s %.4f | %v -> %v (%.2f) | %s |", file, res.Method, res.SizeBefore, res.SizeAfter, res.Ratio(),
+				rep.AgreementKind, rep.Agreement, rep.LatencyFloat.Round(time.Microsecond/10), rep.LatencyQuant.Round(time.Microsecond/10),
+				float64(rep.LatencyQuant)/float64(rep.LatencyFloat), strings.Join(ks, ", "))
+			for _, v := range res.Variants {
+				b.Logf("|   | tried: %s | | %d | | %.4f passed %v | speedup %.2fx | |", v.Method, v.SizeAfter, v.Agreement, v.Passed, v.Speedup)
+			}
+		}
+	}
 }
