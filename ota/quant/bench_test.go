@@ -172,3 +172,77 @@ func BenchmarkResultsTable(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLayoutSteps measures, in one run, what each layout choice gives on ocr_cls: fp32 and
+// the int8 model with the choices added one at a time, each the median of QUANT_TABLE_RUNS
+// (default 300) interleaved runs, 1 intra-op thread, with its agreement on the held-out samples.
+// Run it with -benchtime 1x -v.
+func BenchmarkLayoutSteps(b *testing.B) {
+	runs := 300
+	if n, err := strconv.Atoi(os.Getenv("QUANT_TABLE_RUNS")); err == nil && n > 0 {
+		runs = n
+	}
+	ctx := context.Background()
+	float := realModel(b, "ocr_cls.onnx")
+	schema, err := onnxrt.Inspect(float)
+	if err != nil {
+		b.Fatal(err)
+	}
+	in := schema.Inputs[0].Name
+	calib, eval := clsSamples(in, clsCalibSamples, 1), clsSamples(in, clsEvalSamples, 2)
+	steps := []struct {
+		name string
+		opts Options
+	}{
+		{"plain (before this round)", Options{NoPadDepthwise: true, NoCloseMul: true, KeepSlowLayout: true}},
+		{"+ depthwise padded to 16", Options{NoCloseMul: true, KeepSlowLayout: true}},
+		{"+ SE pool and scale on the integers", Options{KeepSlowLayout: true}},
+		{"+ float MaxPool tail, isolated MatMul float (default)", Options{}},
+		{"float depthwise, unpadded (FloatDepthwise)", Options{NoPadDepthwise: true, FloatDepthwise: true}},
+	}
+	for b.Loop() {
+		names := []string{"fp32"}
+		sessions := []*onnxrt.Session{}
+		s, err := onnxrt.NewSession(float, onnxrt.Options{IntraOpThreads: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sessions = append(sessions, s)
+		for _, st := range steps {
+			o := st.opts
+			o.Samples = calib
+			res, err := Quantize(ctx, float, o)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rep, err := Evaluate(ctx, float, res.Model, eval, EvalOptions{Threads: 1, Runs: 1, LayerSamples: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			names = append(names, fmt.Sprintf("%s: %d bytes, agreement %.2f", st.name, res.SizeAfter, rep.Agreement))
+			s, err := onnxrt.NewSession(res.Model, onnxrt.Options{IntraOpThreads: 1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			sessions = append(sessions, s)
+		}
+		lat := make([][]time.Duration, len(sessions))
+		for i := -5; i < runs; i++ {
+			for j, s := range sessions {
+				start := time.Now()
+				if _, err := s.Run(ctx, eval[0]); err != nil {
+					b.Fatal(err)
+				}
+				if i >= 0 {
+					lat[j] = append(lat[j], time.Since(start))
+				}
+			}
+		}
+		fp32 := median(lat[0])
+		for j, s := range sessions {
+			m := median(lat[j])
+			b.Logf("| %s | %v | %.2f |", names[j], m.Round(time.Microsecond), float64(m)/float64(fp32))
+			s.Close()
+		}
+	}
+}
