@@ -70,6 +70,10 @@ var layouts = []layout{
 // agreement decides. Latency is a median on the build machine, and a few percent is its noise.
 const speedTie = 0.03
 
+// bestRuns is how many interleaved timed runs QuantizeBest's latency medians use: more than
+// Evaluate's default, since they choose what ships and the build machine may be busy.
+const bestRuns = 40
+
 // QuantizeBest quantizes model statically in several ways, evaluates every variant against the
 // float model on opts.EvalSamples (default opts.Samples) and returns the one to ship: the fastest
 // variant that passes the accuracy gate (speedups within speedTie of each other count as equal,
@@ -146,7 +150,7 @@ func QuantizeBest(ctx context.Context, model []byte, opts Options) (*Result, Rep
 		if l.name != "" {
 			res.Method += " " + l.name
 		}
-		rep, err := Evaluate(ctx, model, res.Model, eval, EvalOptions{Threads: threads, LayerSamples: 1})
+		rep, err := Evaluate(ctx, model, res.Model, eval, EvalOptions{Threads: threads, LayerSamples: 1, Runs: bestRuns})
 		if err != nil {
 			return nil, err
 		}
