@@ -96,6 +96,8 @@ func quantizeModel(ctx context.Context, o Options, model []byte, samples [][]onn
 			"gate_threshold":    strconv.FormatFloat(threshold, 'g', 4, 64),
 			"forced":            strconv.FormatBool(o.Force && gateErr != nil),
 			"quantized_tensors": strconv.Itoa(len(res.Quantized)),
+			"padded_depthwise":  strconv.Itoa(len(res.PaddedDepthwise)),
+			"variants_tried":    strconv.Itoa(len(res.Variants)),
 		}}
 	o.say("int8: %d -> %d bytes (%.2fx), agreement %.4f, latency %v -> %v", res.SizeBefore, res.SizeAfter, res.Ratio(), rep.Agreement, rep.LatencyFloat, rep.LatencyQuant)
 	return f.Name(), q, nil

@@ -7,9 +7,15 @@
 // out so that ORT fuses it into QLinearConv/QGemm/QLinearMatMul, with BatchNormalization and
 // scalar affine blocks folded into the Conv before them and hard-swish computed on the integers
 // (uint8 Clip + QLinearMul on a grid where -3 and 0 are exact levels, see hardSwishGrid), so that
-// CNNs such as MobileNetV3/PPLCNet stay quantized between convolutions; QuantizeBest, which tries
-// the calibrations and picks the variant to ship (SpeedGate says when int8 is still slower than
-// fp32, which a bundle builder must refuse unless forced); dynamic MatMulInteger
+// CNNs such as MobileNetV3/PPLCNet stay quantized between convolutions; a layout chosen for ORT's
+// CPU kernels: depthwise convolutions widened with zero filters to a multiple of 16 channels so
+// that MLAS's packed int8 depthwise kernel takes them (padDepthwise, exact), squeeze-excite
+// pooling and scaling on the integers (QLinearGlobalAveragePool, QLinearMul), float where ORT's
+// int8 kernel is slow (a MaxPool input) or a lone Q/DQ pair would cost more than it saves
+// (dropIsolated), each such choice reported in Result.Skipped with its reason; QuantizeBest, which
+// picks the calibration on agreement and then the fastest layout that passes the gate, measured
+// on the build machine (SpeedGate says when int8 is still slower than fp32, which a bundle builder
+// must refuse unless forced); dynamic MatMulInteger
 // quantization for MatMul-heavy models, the list of what was skipped and why, and the accuracy
 // gate (Evaluate, Gate) that compares a quantized model — ours or one made elsewhere — with its
 // float parent: agreement, error figures, sizes, latency and the kernels ORT actually ran.

@@ -85,6 +85,19 @@ type Options struct {
 	// FloatHardSwish leaves hard-swish activations in float (DequantizeLinear, five float ops,
 	// QuantizeLinear) instead of computing them on the integers. For measurements.
 	FloatHardSwish bool
+	// NoPadDepthwise keeps depthwise convolutions at their own channel count. By default one whose
+	// count is not a multiple of 16 is widened to the next multiple with zero filters (exact, see
+	// padDepthwise), so that ORT packs it for MLAS's fast int8 depthwise kernel. For measurements.
+	NoPadDepthwise bool
+	// NoCloseMul leaves a Mul of a quantized and a float activation (squeeze-excite scaling) in
+	// float instead of quantizing the float input so that ORT runs it as QLinearMul, and a
+	// GlobalAveragePool of a quantized activation in float instead of quantizing its output so that
+	// ORT runs QLinearGlobalAveragePool. For measurements.
+	NoCloseMul bool
+	// KeepSlowLayout turns off the layout choices made for ORT's CPU kernels beyond padding and
+	// QLinearMul gates: a hard-swish feeding a MaxPool stays integer (ORT then pools on uint8,
+	// slowly) and isolated light nodes are quantized anyway. For measurements.
+	KeepSlowLayout bool
 }
 
 // Skip records a tensor or node that was left in float, and why.
@@ -109,6 +122,8 @@ type Result struct {
 	FoldedBatchNorms int `json:"folded_batch_norms,omitempty"`
 	// FoldedAffines counts scalar Mul/Add nodes after a Conv merged into its weights and bias.
 	FoldedAffines int `json:"folded_affines,omitempty"`
+	// PaddedDepthwise lists the depthwise Convs widened to a multiple of 16 channels (padDepthwise).
+	PaddedDepthwise []string `json:"padded_depthwise,omitempty"`
 	// Quantized names the nodes that now run in int8 ("Conv conv1").
 	Quantized []string `json:"quantized"`
 	// Activations maps each quantized activation to its calibrated range.

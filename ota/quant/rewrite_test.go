@@ -107,3 +107,44 @@ func TestHardSwishGrid(t *testing.T) {
 		}
 	}
 }
+
+// TestPadDepthwiseIsExact: widening ocr_cls's depthwise convolutions (8, 24, 40, 88, 104 and
+// 200 channels) to multiples of 16 with zero filters must not change the float model's outputs,
+// and every depthwise Conv left must have a multiple of 16 channels.
+func TestPadDepthwiseIsExact(t *testing.T) {
+	float := realModel(t, "ocr_cls.onnx")
+	md, err := parseModel(float, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	foldBatchNorm(md)
+	foldAffine(md)
+	padded := padDepthwise(md)
+	for _, p := range padded {
+		t.Log(p)
+	}
+	if len(padded) < 6 {
+		t.Errorf("padded %d depthwise convolutions, want the 7 of 8, 24, 40, 88 (2), 104 and 200 channels", len(padded))
+	}
+	for _, n := range md.main.g.GetNode() {
+		if c, ok := depthwiseChannels(md, n); ok && c%depthwiseAlign != 0 {
+			t.Errorf("%s still has %d channels", nodeName(n), c)
+		}
+	}
+	b, err := proto.Marshal(md.m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, err := onnxrt.Inspect(float)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Evaluate(context.Background(), float, b, clsSamples(schema.Inputs[0].Name, 8, 3), EvalOptions{Threads: 1, Runs: 3, LayerSamples: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("max|d| %.3g, rel err %.3g, latency %v -> %v", rep.MaxAbsDiff, rep.RelErr, rep.LatencyFloat, rep.LatencyQuant)
+	if rep.RelErr > 1e-4 || rep.Agreement < 1 {
+		t.Errorf("padded float model differs: rel err %.3g, agreement %.4f", rep.RelErr, rep.Agreement)
+	}
+}

@@ -3,6 +3,7 @@ package quant
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"sort"
 
@@ -147,6 +148,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	}
 	res.FoldedBatchNorms = foldBatchNorm(md)
 	res.FoldedAffines = foldAffine(md)
+	if !opts.NoPadDepthwise {
+		res.PaddedDepthwise = padDepthwise(md)
+	}
 
 	var cands []*candidate
 	for _, gr := range md.graphs {
@@ -200,6 +204,11 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	for _, c := range cands {
 		if !c.weightOnly && c.out == c.n.GetOutput()[0] && !opts.FloatHardSwish {
 			if h := matchHardSwish(md, c.out); h != nil {
+				if r := md.main.consumers(h.y); len(r) == 1 && r[0].GetOpType() == "MaxPool" && !opts.KeepSlowLayout {
+					res.Skipped = append(res.Skipped, Skip{Node: "HardSwish ->" + h.y, Tensor: h.y,
+						Reason: "feeds MaxPool: ORT runs MaxPool on uint8 NCHW tensors with a generic kernel (5-10x slower than its float NCHWc one on ocr_cls), so this hard-swish and the pooling stay float"})
+					continue
+				}
 				swish[c.out] = h
 			}
 		}
@@ -207,6 +216,10 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	observeNames := append(append([]string(nil), acts...), needsRanks(md)...)
 	for _, h := range swish {
 		observeNames = append(observeNames, h.y)
+	}
+	if !opts.NoCloseMul {
+		observeNames = append(observeNames, floatMulInputs(md, quantizedSet(acts, swish))...)
+		observeNames = append(observeNames, poolOutputs(md, quantizedSet(acts, swish))...)
 	}
 	obs, err := observe(ctx, md.m, observeNames, opts.Samples, opts.Threads, opts.Calibration == Percentile)
 	if err != nil {
@@ -223,12 +236,15 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		}
 		if opts.FloatDepthwise && slowDepthwise(c) {
 			res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: c.w.name,
-				Reason: "depthwise Conv whose channel count is not a multiple of 16 stays float (Options.FloatDepthwise): MLAS's packed symmetric int8 depthwise kernel does not take it, its generic one was slower than the float NCHWc kernel (RESULTS.md)"})
+				Reason: "depthwise: int8 kernel slower on this CPU (channel count not a multiple of 16 and could not be padded: MLAS's packed symmetric int8 depthwise kernel does not take it, its generic one was slower than the float NCHWc kernel; Options.FloatDepthwise)"})
 			continue
 		}
 		kept = append(kept, c)
 	}
 	cands = kept
+	if !opts.KeepSlowLayout {
+		cands = dropIsolated(md, cands, swish, obs, res)
+	}
 	acts = acts[:0]
 	seen = map[string]bool{}
 	swishByY := map[string]*hardSwish{}
@@ -243,6 +259,16 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 		if h := found[c.out]; h != nil {
 			addAct(h.y)
 			swish[c.out], swishByY[h.y] = h, h
+		}
+	}
+	if !opts.NoCloseMul {
+		for _, t := range floatMulInputs(md, quantizedSet(acts, swish)) {
+			addAct(t)
+			res.Quantized = append(res.Quantized, "Mul input "+t+" (so that the Mul runs as QLinearMul)")
+		}
+		for _, t := range poolOutputs(md, quantizedSet(acts, swish)) {
+			addAct(t)
+			res.Quantized = append(res.Quantized, "GlobalAveragePool output "+t+" (so that the pooling runs as QLinearGlobalAveragePool)")
 		}
 	}
 	ranks := map[string]int{}
@@ -416,6 +442,9 @@ func quantizeStatic(ctx context.Context, md *model, opts Options, res *Result) e
 	if len(swish) > 0 {
 		res.Method += " integer-hardswish"
 	}
+	if len(res.PaddedDepthwise) > 0 {
+		res.Method += " padded-depthwise"
+	}
 	reportWeights(md, opts, res)
 	return nil
 }
@@ -495,4 +524,167 @@ func slowDepthwise(c *candidate) bool {
 	dims := c.w.t.GetDims()
 	g := attrInt(c.n, "group", 1)
 	return g > 1 && dims[1] == 1 && dims[0] == g && g%16 != 0
+}
+
+// quantizedSet is the set of activations that will have a Q/DQ pair: acts and the outputs of
+// the integer hard-swishes.
+func quantizedSet(acts []string, swish map[string]*hardSwish) map[string]bool {
+	q := map[string]bool{}
+	for _, t := range acts {
+		q[t] = true
+	}
+	for _, h := range swish {
+		q[h.y] = true
+	}
+	return q
+}
+
+// floatMulInputs returns, for every Mul of the main graph whose output and one input are
+// quantized activations, its other input when that is a float activation (not a constant).
+// Quantizing it too lets ORT fuse DQ, DQ -> Mul -> Q into one QLinearMul instead of running a
+// DequantizeLinear, a float Mul and a QuantizeLinear: in MobileNetV3's squeeze-excite blocks that
+// is the channel scaling x * hardsigmoid(...), whose float Mul over the whole feature map (and the
+// conversions around it) cost more than the int8 convolutions gained (RESULTS.md). The gate's new
+// rounding is at most half a step of a [0, 1]-ish range.
+func floatMulInputs(md *model, quantized map[string]bool) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, n := range md.main.g.GetNode() {
+		if n.GetOpType() != "Mul" || len(n.GetInput()) != 2 || len(n.GetOutput()) != 1 || !quantized[n.GetOutput()[0]] {
+			continue
+		}
+		a, b := n.GetInput()[0], n.GetInput()[1]
+		if quantized[b] {
+			a, b = b, a
+		}
+		if !quantized[a] || quantized[b] || seen[b] || md.weights[b] != nil || md.main.isInput(b) {
+			continue
+		}
+		seen[b] = true
+		out = append(out, b)
+	}
+	return out
+}
+
+// chainOps are the operators through which ORT's QDQ passes keep a quantized tensor quantized
+// (QLinearAdd/QLinearMul, uint8 pooling, Reshape and the other data-movement ops). Add and Mul
+// count when any input is quantized, which overestimates the chain: dropIsolated only uses it to
+// decide what is surely isolated.
+var chainOps = map[string]bool{"Add": true, "Mul": true, "MaxPool": true, "AveragePool": true,
+	"GlobalAveragePool": true, "Reshape": true, "Flatten": true, "Transpose": true, "Squeeze": true,
+	"Unsqueeze": true, "Concat": true, "Relu": true, "Clip": true, "Resize": true}
+
+// chainReach returns the tensors reachable from start through chainOps (the main graph's nodes are
+// in topological order).
+func chainReach(md *model, start map[string]bool) map[string]bool {
+	reach := maps.Clone(start)
+	for _, n := range md.main.g.GetNode() {
+		if !chainOps[n.GetOpType()] {
+			continue
+		}
+		for _, in := range n.GetInput() {
+			if reach[in] {
+				for _, o := range n.GetOutput() {
+					reach[o] = true
+				}
+				break
+			}
+		}
+	}
+	return reach
+}
+
+// isolatedMACs bounds the work of a candidate that dropIsolated leaves float: a heavy
+// convolution is worth its own Q/DQ pair, a classifier head is not.
+const isolatedMACs = 1 << 20
+
+// dropIsolated keeps float the light candidates whose input does not come from an int8 chain and
+// whose output does not lead into one: quantizing such a node alone costs a QuantizeLinear before
+// it and a DequantizeLinear after it, more than int8 saves on it (e.g. ocr_cls's final MatMul once
+// the hard-swish and MaxPool before it are float). Repeated until nothing changes, since dropping
+// one node can isolate its neighbour.
+func dropIsolated(md *model, cands []*candidate, swish map[string]*hardSwish, obs map[string]*observed, res *Result) []*candidate {
+	g := md.main
+	for changed := true; changed; {
+		changed = false
+		qout, qin := map[string]bool{}, map[string]bool{}
+		for _, c := range cands {
+			if c.weightOnly {
+				continue
+			}
+			qout[c.out], qin[c.x] = true, true
+			if h := swish[c.out]; h != nil {
+				qout[h.y] = true
+			}
+		}
+		for _, t := range g.g.GetInput() {
+			qout[t.GetName()] = true
+		}
+		reach := chainReach(md, qout)
+		kept := cands[:0]
+		for _, c := range cands {
+			if c.weightOnly || reach[c.x] || swish[c.out] != nil || macs(c, obs) >= isolatedMACs {
+				kept = append(kept, c)
+				continue
+			}
+			into := false
+			for t := range chainReach(md, map[string]bool{c.out: true}) {
+				if qin[t] {
+					into = true
+					break
+				}
+			}
+			if into {
+				kept = append(kept, c)
+				continue
+			}
+			res.Skipped = append(res.Skipped, Skip{Node: nodeName(c.n), Tensor: c.w.name,
+				Reason: "isolated: its input is not int8 and its output leads to no int8 op, so quantizing it alone would add a QuantizeLinear/DequantizeLinear pair around one light op; it stays float"})
+			changed = true
+		}
+		cands = kept
+	}
+	return cands
+}
+
+// macs estimates the multiply-adds of one run of c from its weight size and the calibrated
+// shape of its input (0 when the shape is unknown).
+func macs(c *candidate, obs map[string]*observed) int64 {
+	o := obs[c.x]
+	if o == nil || len(o.shape) < 2 {
+		return 0
+	}
+	w := int64(len(c.wv))
+	switch c.n.GetOpType() {
+	case "Conv":
+		if len(o.shape) < 3 {
+			return 0
+		}
+		n := o.shape[0] * spatial(o.shape) * w // output positions ~ input positions / stride^2; an upper bound
+		return n
+	default: // MatMul, Gemm: rows x K x N
+		rows := int64(1)
+		for _, d := range o.shape[:len(o.shape)-1] {
+			rows *= d
+		}
+		return rows * w
+	}
+}
+
+// poolOutputs returns the outputs of GlobalAveragePool nodes whose input is a quantized
+// activation and whose output is not. Quantizing the pooled vector lets ORT pool on the integers
+// (QLinearGlobalAveragePool, in NHWC next to the QLinearConvs) instead of dequantizing the whole
+// feature map, transposing it back to NCHW and pooling in float: in MobileNetV3's
+// squeeze-excite blocks that was a DequantizeLinear, a Transpose and a float pool per block.
+func poolOutputs(md *model, quantized map[string]bool) []string {
+	var out []string
+	for _, n := range md.main.g.GetNode() {
+		if n.GetOpType() != "GlobalAveragePool" || len(n.GetInput()) != 1 || len(n.GetOutput()) != 1 {
+			continue
+		}
+		if quantized[n.GetInput()[0]] && !quantized[n.GetOutput()[0]] && !md.main.isOutput(n.GetOutput()[0]) {
+			out = append(out, n.GetOutput()[0])
+		}
+	}
+	return out
 }
