@@ -79,3 +79,11 @@ func (p *ControlPlaneProcess) Thaw() {
 		p.t.Fatalf("SIGCONT control plane: %v", err)
 	}
 }
+
+// Kill ends the process at once (SIGKILL), as a crash or a power cut would: no graceful shutdown,
+// no lease given back.
+func (p *ControlPlaneProcess) Kill() {
+	p.cmd.Process.Signal(syscall.SIGCONT)
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+}
