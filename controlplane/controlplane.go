@@ -291,6 +291,7 @@ func Run(ctx context.Context, cfg Config) error {
 	wg.Add(1)
 	go func() { defer wg.Done(); ing.Run(svcCtx) }()
 	events := make(chan string, 4096)
+	ingestShards := newShardSet(svcCtx, stores.shards, cfg.TelemetryStore != "" && cfg.Store == StoreEtcd)
 	dispatch := func(topic string, payload []byte) {
 		p, err := topics.Parse(topic)
 		if err == nil && p.Kind == wire.KindBlocksReq {
@@ -308,7 +309,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if err == nil && herr == nil && p.Kind == wire.KindStatus {
 			grantOnline(p.Device, payload) // after the registry took the device's group from it
 		}
-		if err == nil && herr == nil && p.Kind == wire.KindTelemetry {
+		if err == nil && herr == nil && p.Kind == wire.KindTelemetry && ingestShards.has(p.Device) {
 			var m wire.Telemetry
 			if json.Unmarshal(payload, &m) == nil {
 				ing.Handle(m)

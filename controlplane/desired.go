@@ -206,6 +206,20 @@ func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bund
 	if err := s.checkProduction(ctx, group, rec); err != nil {
 		return nil, err
 	}
+	devs := s.reg.List(fleet.Filter{Group: group})
+	out := GroupAssignment{Group: group, Bundle: rec.ID, Assigned: []string{}, Refused: []string{}}
+	out.Carousel = s.carouselMin > 0 && len(devs) >= s.carouselMin
+	for _, d := range devs {
+		if _, err := s.assign(ctx, d, rec, bake, out.Carousel); err != nil {
+			out.Refused = append(out.Refused, err.Error())
+			continue
+		}
+		out.Assigned = append(out.Assigned, d.ID)
+	}
+	// The baseline is recorded after the members' assignments: recorded first, a member's report
+	// arriving meanwhile had it converge to the baseline on its own, without the carousel, and it
+	// pulled the whole bundle by itself. A device that joins during the loop converges at its next
+	// report.
 	err := s.st.Update(ctx, func(tx store.Tx) error {
 		g := GroupRecord{Name: group}
 		if err := store.GetJSON(tx, bucketGroups, group, &g); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -220,26 +234,20 @@ func (s *desiredService) AssignGroup(ctx context.Context, group string, rec bund
 	if err != nil {
 		return nil, fmt.Errorf("record group baseline: %w", err)
 	}
-	devs := s.reg.List(fleet.Filter{Group: group})
-	out := GroupAssignment{Group: group, Bundle: rec.ID, Assigned: []string{}, Refused: []string{}}
-	out.Carousel = s.carouselMin > 0 && len(devs) >= s.carouselMin
-	for _, d := range devs {
-		if _, err := s.assign(ctx, d, rec, bake, out.Carousel); err != nil {
-			out.Refused = append(out.Refused, err.Error())
-			continue
-		}
-		out.Assigned = append(out.Assigned, d.ID)
-	}
 	if out.Carousel {
-		s.startCarousel(rec.ID)
+		s.startCarousel(rec.ID, rec.Name, out.Assigned)
 	}
 	s.log.Info("bundle assigned to group", "group", group, "bundle", rec.ID, "ref", rec.Ref(), "devices", len(out.Assigned), "refused", len(out.Refused), "carousel", out.Carousel, "by", by)
 	return out, nil
 }
 
-// startCarousel broadcasts a bundle once, after a pause that lets the wave's devices receive their
-// desired state and subscribe to the carousel.
-func (s *desiredService) startCarousel(id string) {
+// startCarousel broadcasts a bundle once, when the wave is listening: as soon as nine in ten of
+// the online devices it was assigned to report the bundle as their target (they accepted the
+// desired state and subscribed to the carousel), at the latest after carouselReadyMax, which stays
+// under the agents' wait for a first carousel frame (updater.Fetcher.CarouselWait, 15 s). A fixed
+// pause missed devices that were slow to take their desired state on a loaded machine, and they
+// then pulled the whole bundle each.
+func (s *desiredService) startCarousel(id, model string, devices []string) {
 	s.mu.Lock()
 	if t, ok := s.carousel[id]; ok && time.Since(t) < time.Minute {
 		s.mu.Unlock()
@@ -248,15 +256,38 @@ func (s *desiredService) startCarousel(id string) {
 	s.carousel[id] = time.Now()
 	s.mu.Unlock()
 	go func() {
-		select {
-		case <-time.After(3 * time.Second):
-		case <-s.ctx.Done():
-			return
+		deadline := time.Now().Add(carouselReadyMax)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for time.Now().Before(deadline) && !s.waveListening(id, model, devices) {
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				return
+			}
 		}
 		if err := s.blocks.Carousel(s.ctx, id); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("carousel stopped; devices pull what they miss", "bundle", id, "err", err)
 		}
 	}()
+}
+
+const carouselReadyMax = 10 * time.Second
+
+// waveListening: nine in ten of the wave's online devices report the bundle as their target.
+func (s *desiredService) waveListening(id, model string, devices []string) bool {
+	online, ready := 0, 0
+	for _, dev := range devices {
+		d, err := s.reg.Get(dev)
+		if err != nil || !d.Online {
+			continue
+		}
+		online++
+		if d.Reported != nil && d.Reported.Models[model].Target == id {
+			ready++
+		}
+	}
+	return online > 0 && ready*10 >= online*9
 }
 
 func (s *desiredService) Get(ctx context.Context, device string) (any, error) {

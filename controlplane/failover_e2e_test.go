@@ -95,6 +95,12 @@ func TestFailover(t *testing.T) {
 		cps[id] = fleettest.StartControlPlaneProcess(t, brokers, append(common, "--replica-id", id, "--control-key", key)...)
 	}
 	any := cps["cp-b"]
+	lastOnline := ""
+	defer func() {
+		if t.Failed() && lastOnline != "" {
+			t.Log("last unmet:", lastOnline)
+		}
+	}()
 	fleettest.Simulate(t, cps["cp-a"].ControlPlane, brokers, k, n, "--groups", "line-a", "--rate", "10")
 
 	v1, id1 := fleettest.BuildBundleRef(t, k, "hello_deepa.onnx", "wake", "1.0.0", 300)
@@ -104,7 +110,19 @@ func TestFailover(t *testing.T) {
 		cp.Push(v2)
 	}
 	for id, cp := range cps {
-		fleettest.Eventually(t, 90*time.Second, "every device online on "+id, func() bool { return onlineCount(cp.ControlPlane) == n })
+		fleettest.Eventually(t, 180*time.Second, "every device online on "+id, func() bool {
+			if got := onlineCount(cp.ControlPlane); got != n {
+				why := fmt.Sprintf("%s sees %d of %d devices online:", id, got, n)
+				for i := 1; i <= n; i++ {
+					if d, ok := cp.Devices()[sim.ID(i)]; !ok || !d.Online {
+						why += fmt.Sprintf(" %s(known %v)", sim.ID(i), ok)
+					}
+				}
+				lastOnline = why
+				return false
+			}
+			return true
+		})
 	}
 	if code, body := any.Do("PUT", "/api/v1/groups/line-a/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
 		t.Fatalf("baseline: %d %s", code, body)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
@@ -16,6 +17,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/shards"
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/controlplane/store/etcdstore"
+	"github.com/edgefleet/edgefleet/internal/wire"
 )
 
 // Store backends (Config.Store, --store).
@@ -137,4 +139,52 @@ func (c clusterAPI) Cluster(ctx context.Context) api.ClusterStatus {
 		owned = []int{}
 	}
 	return api.ClusterStatus{Replica: st.Replica, Leader: st.Leader, IsLeader: st.IsLeader, Store: store, Shards: owned, Error: st.Error}
+}
+
+// shardSet answers "does this replica ingest this device's telemetry?". Replicas that share a
+// telemetry store (PostgreSQL) split ingest by the shards they hold; a message of a shard another
+// replica holds is left to it (and a message that arrives while its shard changes hands is re-sent
+// by the device, whose spool keeps it until an acknowledgement covers it). Replicas with their own
+// history, and a control plane alone, ingest everything.
+type shardSet struct {
+	filter bool
+	held   atomic.Pointer[[wire.Shards]bool]
+}
+
+func newShardSet(ctx context.Context, s Shards, filter bool) *shardSet {
+	set := &shardSet{filter: filter}
+	if !filter {
+		return set
+	}
+	refresh := func() {
+		var h [wire.Shards]bool
+		for _, k := range s.Owned() {
+			if k >= 0 && k < wire.Shards {
+				h[k] = true
+			}
+		}
+		set.held.Store(&h)
+	}
+	refresh()
+	go func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				refresh()
+			}
+		}
+	}()
+	return set
+}
+
+// has reports whether this replica ingests device's telemetry.
+func (s *shardSet) has(device string) bool {
+	if !s.filter {
+		return true
+	}
+	return s.held.Load()[wire.Shard(device)]
 }
