@@ -446,6 +446,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Enrollment: enrollAPI{svc: enr, broker: func() string { return deviceBroker(cfg, brokerURL) }, prefix: cfg.Prefix,
 				controlPEM: keys.control.PublicKeyPEM(), trustDoc: keys.trustEnvelope, disconnect: disconnect, log: log},
 			Datasets:       dsets,
+			Trust:          keys,
 			AdminTokenHash: tokenHash, Logger: log,
 			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
 			Cluster: clusterAPI{lead: lead, shards: stores.shards, store: cfg.Store},

@@ -2,12 +2,15 @@ package controlplane
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/seal"
@@ -28,6 +31,31 @@ func (k *keySet) releaseVerifiers() []bundle.Verifier {
 		out = append(out, v)
 	}
 	return out
+}
+
+// Trust reports the public facts for GET /api/v1/trust: the control key, the release keys bundles
+// are checked against and, with --trust-doc, the document's version, roots and revocations. Only
+// public keys leave here.
+func (k *keySet) Trust(context.Context) (api.TrustInfo, error) {
+	info := api.TrustInfo{
+		ControlKey:  api.TrustKey{ID: k.control.KeyID(), PublicKeyPEM: string(k.control.PublicKeyPEM())},
+		Source:      "pinned",
+		ReleaseKeys: []api.TrustKey{},
+		ControlKeys: []api.TrustKey{},
+	}
+	for _, v := range k.trust.ReleaseVerifiers() {
+		info.ReleaseKeys = append(info.ReleaseKeys, api.TrustKey{ID: v.KeyID(), PublicKeyPEM: string(v.PublicKeyPEM())})
+	}
+	for _, v := range k.trust.ControlVerifiers() {
+		info.ControlKeys = append(info.ControlKeys, api.TrustKey{ID: v.KeyID(), PublicKeyPEM: string(v.PublicKeyPEM())})
+	}
+	if doc, ok := k.trust.Document(); ok {
+		sum := sha256.Sum256(k.trustEnvelope)
+		info.Source = "trust_document"
+		info.Document = &api.TrustDocument{Version: doc.Version, IssuedAt: doc.IssuedAt, Root: k.trust.RootIDs(),
+			Revoked: append([]string{}, doc.Revoked...), SHA256: hex.EncodeToString(sum[:])}
+	}
+	return info, nil
 }
 
 // loadKeys reads the control key (generating DATA/control.key and control.pub on first start) and
