@@ -580,6 +580,7 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	waitText("#trust-release", release.KeyID()[:8], 10*time.Second)
 	waitText("#trust-version", "pinned", 10*time.Second)
+	waitText("#trust-bundle-recipient", "age1", 10*time.Second)
 	shot(t, ctx, shots, "keys")
 
 	// A viewer's session: the role is shown and the actions it may not take are hidden.
@@ -619,6 +620,28 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	run("viewer: keys", chromedp.Navigate(base+"/#/keys"))
 	waitText("#trust-control-fp", control.KeyID()[:8], 10*time.Second)
+
+	// An operator's session: capture and rollback, but not group settings (admin).
+	var operator struct{ Token string }
+	if code, body := cp.Do("POST", "/api/v1/tokens", map[string]string{"name": "line-lead", "role": "operator"}, &operator); code != 201 {
+		t.Fatalf("create an operator token: %d %s", code, body)
+	}
+	run("log out viewer", chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#token")))
+	run("log in as operator", chromedp.SendKeys(chromedp.CSS("#token"), operator.Token), chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS("#stats")))
+	waitText("#principal", "(operator)", 5*time.Second)
+	run("operator: group settings", chromedp.Navigate(base+"/#/groups/line-b"))
+	waitText("#gs-capture", "enabled", 10*time.Second)
+	if v := shown("#group-settings-form"); v != false {
+		t.Errorf("operator sees the group settings form (shown: %v)", v)
+	}
+	if v := shown("#group-rollback"); v != true {
+		t.Errorf("operator does not see the group rollback button (shown: %v)", v)
+	}
+	run("operator: device", chromedp.Navigate(base+"/#/devices/"+inB))
+	waitText("#device-models", "wake", 10*time.Second)
+	if v := shown("#capture-form"); v != true {
+		t.Errorf("operator does not see the capture form (shown: %v)", v)
+	}
 
 	if p := logs.unexpected(); len(p) > 0 {
 		t.Fatalf("the browser logged errors:\n%s", strings.Join(p, "\n"))

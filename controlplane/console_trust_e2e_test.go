@@ -83,6 +83,9 @@ func TestConsoleTrustFacts(t *testing.T) {
 			if info.ControlKey.ID != control.KeyID() || info.Source != tc.source {
 				t.Fatalf("control key %s source %s, want %s %s", info.ControlKey.ID, info.Source, control.KeyID(), tc.source)
 			}
+			if !strings.HasPrefix(info.BundleRecipient, "age1") || !strings.HasPrefix(info.DatasetRecipient, "age1") {
+				t.Fatalf("encryption recipients %q %q, want age public keys", info.BundleRecipient, info.DatasetRecipient)
+			}
 			if !slices.ContainsFunc(info.ReleaseKeys, func(k api.TrustKey) bool { return k.ID == vRel.KeyID() }) {
 				t.Fatalf("release keys %+v lack %s", info.ReleaseKeys, vRel.KeyID())
 			}

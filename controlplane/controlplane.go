@@ -261,6 +261,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	grantOnline := grantOnConnect(svcCtx, dsets, ds, reg, log)
+	keys.datasetRecipient = dsets.Recipient // shown by GET /api/v1/trust
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
@@ -23,6 +24,10 @@ type keySet struct {
 	control       *sign.Signer
 	trust         *trust.Store
 	trustEnvelope []byte
+	// dataDir holds encryption.pub (the bundle encryption recipient); datasetRecipient is the age
+	// recipient captured samples are encrypted to. Both are public, for GET /api/v1/trust.
+	dataDir          string
+	datasetRecipient func() string
 }
 
 func (k *keySet) releaseVerifiers() []bundle.Verifier {
@@ -49,6 +54,12 @@ func (k *keySet) Trust(context.Context) (api.TrustInfo, error) {
 	for _, v := range k.trust.ControlVerifiers() {
 		info.ControlKeys = append(info.ControlKeys, api.TrustKey{ID: v.KeyID(), PublicKeyPEM: string(v.PublicKeyPEM())})
 	}
+	if b, err := os.ReadFile(filepath.Join(k.dataDir, "encryption.pub")); err == nil {
+		info.BundleRecipient = strings.TrimSpace(string(b))
+	}
+	if k.datasetRecipient != nil {
+		info.DatasetRecipient = k.datasetRecipient()
+	}
 	if doc, ok := k.trust.Document(); ok {
 		sum := sha256.Sum256(k.trustEnvelope)
 		info.Source = "trust_document"
@@ -61,7 +72,7 @@ func (k *keySet) Trust(context.Context) (api.TrustInfo, error) {
 // loadKeys reads the control key (generating DATA/control.key and control.pub on first start) and
 // the release keys from --trust files and folders or from a trust document.
 func loadKeys(ctx context.Context, cfg Config) (*keySet, error) {
-	ks := &keySet{}
+	ks := &keySet{dataDir: cfg.DataDir}
 	path := cfg.ControlKey
 	if path == "" {
 		path = filepath.Join(cfg.DataDir, "control.key")

@@ -40,6 +40,10 @@ type TrustInfo struct {
 	ReleaseKeys []TrustKey `json:"release_keys"`
 	// ControlKeys are the control keys the trust document lets devices accept.
 	ControlKeys []TrustKey `json:"control_keys"`
+	// BundleRecipient is the age recipient encrypted bundles' keys are sealed to (what
+	// `bundle build --encrypt-to` takes); DatasetRecipient the one captured samples are encrypted to.
+	BundleRecipient  string `json:"bundle_recipient,omitempty"`
+	DatasetRecipient string `json:"dataset_recipient,omitempty"`
 	// Document is set when the keys come from a trust document.
 	Document *TrustDocument `json:"document,omitempty"`
 }

@@ -14,12 +14,15 @@ export function keys(root) {
   const doc = h('div', { id: 'trust-document' });
   const release = h('div', { id: 'trust-release' });
   const ctrlKeys = h('div', { id: 'trust-control-keys' });
+  const recipients = h('div', { id: 'trust-recipients' });
   root.append(pageHead('Keys & trust', 'Public keys and fingerprints (hex SHA-256 of the key). Private keys never leave the control plane.'),
     h('div', { class: 'grid two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Control key'), h('p', { class: 'muted small' }, 'Signs every desired state sent to devices.'), control),
       h('section', { class: 'panel' }, h('h2', {}, 'Trust document'), doc)),
     h('section', { class: 'panel' }, h('h2', {}, 'Release keys'), h('p', { class: 'muted small' }, 'Bundles must be signed by one of these to be accepted by the registry and by devices.'), release),
-    h('section', { class: 'panel' }, h('h2', {}, 'Control keys devices accept'), ctrlKeys));
+    h('div', { class: 'grid two' },
+      h('section', { class: 'panel' }, h('h2', {}, 'Control keys devices accept'), ctrlKeys),
+      h('section', { class: 'panel' }, h('h2', {}, 'Encryption recipients'), h('p', { class: 'muted small' }, 'age public keys: what bundles and captured samples are encrypted to.'), recipients)));
   return {
     async refresh() {
       const t = await get('/trust');
@@ -44,6 +47,9 @@ export function keys(root) {
         { title: 'Public key', cell: (k) => pem(k) },
       ], rows, empty);
       fill(release, t.release_keys, () => keyTable(t.release_keys || [], 'No release key: the registry refuses every bundle. Start the control plane with --trust or --trust-doc.'));
+      fill(recipients, [t.bundle_recipient, t.dataset_recipient], () => h('dl', { class: 'kv' },
+        h('dt', {}, 'Bundles'), h('dd', { id: 'trust-bundle-recipient' }, t.bundle_recipient ? [h('code', { class: 'fingerprint' }, t.bundle_recipient), h('div', { class: 'muted small' }, 'bundle build --encrypt-to takes this')] : '—'),
+        h('dt', {}, 'Captured samples'), h('dd', {}, t.dataset_recipient ? h('code', { class: 'fingerprint' }, t.dataset_recipient) : '—')));
       fill(ctrlKeys, t.control_keys, () => keyTable(t.control_keys || [], 'None listed.'));
     },
   };
