@@ -22,6 +22,7 @@ import (
 	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/ota/builder"
+	"github.com/edgefleet/edgefleet/ota/sign"
 )
 
 // TestConsoleSession checks the console's login without a browser: the session cookie is
@@ -227,8 +228,10 @@ next:
 // TestConsoleBrowser drives the web console in a real Chromium against a control plane with a
 // simulated fleet: log in, see the fleet, open a device, create a rollout through the form
 // (client-side validation, then the API's 422, then success), watch it advance without a reload,
-// pause it, roll a group back through the confirmation dialog, read the audit log, and check that
-// the page logged no error. Screenshots of each page go to $EDGEFLEET_SCREENSHOTS (a temp folder
+// pause it, roll a group back through the confirmation dialog, read the audit log, set a group's
+// capture policy through its settings form, see a capture refused for a group without one and
+// made for the group with one, list, open and delete the dataset, read the control key's
+// fingerprint on the Keys & trust page, and check that the page logged no error. Screenshots of each page go to $EDGEFLEET_SCREENSHOTS (a temp folder
 // by default; docs/screenshots to refresh the README's).
 func TestConsoleBrowser(t *testing.T) {
 	chrome := chromium(t)
@@ -476,6 +479,110 @@ func TestConsoleBrowser(t *testing.T) {
 	}
 	shot(t, ctx, shots, "rollout-tablet")
 
+	// Group settings: baselines, the production flag and the capture policy, edited by an admin
+	// through the form (a bad retention is caught before anything is sent).
+	run("group page", chromedp.EmulateViewport(1400, 900), chromedp.Navigate(base+"/#/groups/line-b"))
+	waitText("#group-baselines", "wake@", 10*time.Second)
+	waitText("#gs-capture", "off", 10*time.Second)
+	check("#gs-f-capture", true)
+	setValue("#gs-f-retention", "a week")
+	run("submit bad settings", chromedp.Click(chromedp.CSS("#gs-submit")))
+	waitText("#gs-errors", "is not a duration", 5*time.Second)
+	setValue("#gs-f-retention", "168h")
+	setValue("#gs-f-max", "50")
+	run("save settings", chromedp.Click(chromedp.CSS("#gs-submit")))
+	waitText("#gs-result", "saved", 10*time.Second)
+	waitText("#gs-capture", "enabled", 10*time.Second)
+	var grp struct {
+		Settings struct {
+			Production bool
+			Capture    struct {
+				Enabled    bool
+				Retention  string
+				MaxSamples int `json:"max_samples"`
+			}
+		}
+	}
+	if code, body := cp.Do("GET", "/api/v1/groups/line-b", nil, &grp); code != 200 || !grp.Settings.Capture.Enabled ||
+		grp.Settings.Capture.Retention != "168h" || grp.Settings.Capture.MaxSamples != 50 || grp.Settings.Production {
+		t.Fatalf("line-b after the settings form: %d %s", code, body)
+	}
+	shot(t, ctx, shots, "group-settings")
+
+	// Datasets: none yet. A capture from a device of line-a (no policy) is refused plainly; one
+	// from line-b (policy just enabled) makes a dataset with its lineage.
+	run("datasets", chromedp.Navigate(base+"/#/datasets"))
+	waitText("#dataset-list", "No datasets yet", 10*time.Second)
+	waitText("#dataset-count", "0 datasets", 10*time.Second)
+	shot(t, ctx, shots, "datasets-empty")
+	var inA, inB string
+	for id, d := range cp.Devices() {
+		switch {
+		case d.Group == "line-a" && (inA == "" || id < inA):
+			inA = id
+		case d.Group == "line-b" && (inB == "" || id < inB):
+			inB = id
+		}
+	}
+	capture := func(dev string) {
+		t.Helper()
+		run("device "+dev, chromedp.Navigate(base+"/#/devices/"+dev))
+		waitText("#cap-model", "wake", 30*time.Second)
+		setValue("#cap-model", "wake")
+		setValue("#cap-reason", "console test: false wakes at night")
+		eval(`document.querySelector('#capture-form').scrollIntoView({block: 'center'}), true`)
+		run("capture on "+dev, chromedp.Click(chromedp.CSS("#cap-submit")))
+	}
+	capture(inA)
+	waitText("#cap-result", "capture_not_allowed", 10*time.Second)
+	if got := text("#cap-result"); !strings.Contains(got, "group line-a has no capture policy") {
+		t.Fatalf("the refused capture is not explained plainly: %q", got)
+	}
+	shot(t, ctx, shots, "device-capture-refused")
+	capture(inB)
+	waitText("#cap-result", "Capture requested: dataset", 10*time.Second)
+	waitText("#device-datasets", "wake", 10*time.Second)
+	run("datasets with one", chromedp.Navigate(base+"/#/datasets"))
+	waitText("#dataset-list", inB, 10*time.Second)
+	waitText("#dataset-count", "1 dataset", 10*time.Second)
+	setValue("#ds-f-group", "line-a")
+	waitText("#dataset-list", "No dataset matches", 10*time.Second)
+	setValue("#ds-f-group", "line-b")
+	waitText("#dataset-list", inB, 10*time.Second)
+	shot(t, ctx, shots, "datasets")
+	eval(`location.hash = document.querySelector('#dataset-list tbody a').getAttribute('href')`)
+	waitText("#ds-lineage", "false wakes at night", 10*time.Second)
+	waitText("#ds-lineage", inB, 10*time.Second)
+	waitText("#ds-lineage", "admin", 10*time.Second)
+	shot(t, ctx, shots, "dataset")
+	dsID := strings.TrimPrefix(eval(`location.hash`).(string), "#/datasets/")
+	run("ask to delete the dataset", chromedp.Click(chromedp.CSS("#ds-delete")), chromedp.WaitVisible(chromedp.CSS("#confirm-ok")))
+	setValue("#ds-delete-reason", "test data")
+	run("confirm delete", chromedp.Click(chromedp.CSS("#confirm-ok")))
+	waitText("#ds-result", "deleted", 10*time.Second)
+	if code, body := cp.Do("GET", "/api/v1/datasets/"+dsID, nil, nil); code != 404 {
+		t.Fatalf("dataset %s after delete in the console: %d %s", dsID, code, body)
+	}
+
+	// Keys & trust: the control key's fingerprint and the release key.
+	control, err := sign.LoadVerifier(cp.ControlPub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := sign.LoadVerifier(k.PubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run("keys", chromedp.Navigate(base+"/#/keys"))
+	waitText("#trust-control-fp", control.KeyID()[:8], 10*time.Second)
+	if got := strings.ReplaceAll(text("#trust-control-fp"), " ", ""); got != control.KeyID() {
+		t.Fatalf("keys page shows control key %q, want %s", got, control.KeyID())
+	}
+	waitText("#trust-release", release.KeyID()[:8], 10*time.Second)
+	waitText("#trust-version", "pinned", 10*time.Second)
+	waitText("#trust-bundle-recipient", "age1", 10*time.Second)
+	shot(t, ctx, shots, "keys")
+
 	// A viewer's session: the role is shown and the actions it may not take are hidden.
 	var viewer struct{ Token string }
 	if code, body := cp.Do("POST", "/api/v1/tokens", map[string]string{"name": "wall-screen", "role": "viewer"}, &viewer); code != 201 {
@@ -501,6 +608,40 @@ func TestConsoleBrowser(t *testing.T) {
 		t.Errorf("viewer sees the rollback button (shown: %v)", v)
 	}
 	shot(t, ctx, shots, "groups-viewer")
+	run("viewer: group settings", chromedp.Navigate(base+"/#/groups/line-b"))
+	waitText("#gs-capture", "enabled", 10*time.Second)
+	if v := shown("#group-settings-form"); v != false {
+		t.Errorf("viewer sees the group settings form (shown: %v)", v)
+	}
+	run("viewer: device", chromedp.Navigate(base+"/#/devices/"+inB))
+	waitText("#device-models", "wake", 10*time.Second)
+	if v := shown("#capture-form"); v != false {
+		t.Errorf("viewer sees the capture form (shown: %v)", v)
+	}
+	run("viewer: keys", chromedp.Navigate(base+"/#/keys"))
+	waitText("#trust-control-fp", control.KeyID()[:8], 10*time.Second)
+
+	// An operator's session: capture and rollback, but not group settings (admin).
+	var operator struct{ Token string }
+	if code, body := cp.Do("POST", "/api/v1/tokens", map[string]string{"name": "line-lead", "role": "operator"}, &operator); code != 201 {
+		t.Fatalf("create an operator token: %d %s", code, body)
+	}
+	run("log out viewer", chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#token")))
+	run("log in as operator", chromedp.SendKeys(chromedp.CSS("#token"), operator.Token), chromedp.Click(chromedp.CSS("#login-submit")), chromedp.WaitVisible(chromedp.CSS("#stats")))
+	waitText("#principal", "(operator)", 5*time.Second)
+	run("operator: group settings", chromedp.Navigate(base+"/#/groups/line-b"))
+	waitText("#gs-capture", "enabled", 10*time.Second)
+	if v := shown("#group-settings-form"); v != false {
+		t.Errorf("operator sees the group settings form (shown: %v)", v)
+	}
+	if v := shown("#group-rollback"); v != true {
+		t.Errorf("operator does not see the group rollback button (shown: %v)", v)
+	}
+	run("operator: device", chromedp.Navigate(base+"/#/devices/"+inB))
+	waitText("#device-models", "wake", 10*time.Second)
+	if v := shown("#capture-form"); v != true {
+		t.Errorf("operator does not see the capture form (shown: %v)", v)
+	}
 
 	if p := logs.unexpected(); len(p) > 0 {
 		t.Fatalf("the browser logged errors:\n%s", strings.Join(p, "\n"))

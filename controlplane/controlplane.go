@@ -261,6 +261,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	grantOnline := grantOnConnect(svcCtx, dsets, ds, reg, log)
+	keys.datasetRecipient = dsets.Recipient // shown by GET /api/v1/trust
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},
@@ -447,6 +448,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Enrollment: enrollAPI{svc: enr, broker: func() string { return deviceBroker(cfg, brokerURL) }, prefix: cfg.Prefix,
 				controlPEM: keys.control.PublicKeyPEM(), trustDoc: keys.trustEnvelope, disconnect: disconnect, log: log},
 			Datasets:       dsets,
+			Trust:          keys,
 			AdminTokenHash: tokenHash, Logger: log,
 			Tokens: auth.New(st, tokenHash), MetricsPublic: cfg.MetricsPublic,
 			Cluster: clusterAPI{lead: lead, shards: stores.shards, store: cfg.Store},

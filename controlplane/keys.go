@@ -2,12 +2,16 @@ package controlplane
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/edgefleet/edgefleet/controlplane/api"
 	"github.com/edgefleet/edgefleet/controlplane/bundles"
 	"github.com/edgefleet/edgefleet/ota/bundle"
 	"github.com/edgefleet/edgefleet/ota/seal"
@@ -20,6 +24,10 @@ type keySet struct {
 	control       *sign.Signer
 	trust         *trust.Store
 	trustEnvelope []byte
+	// dataDir holds encryption.pub (the bundle encryption recipient); datasetRecipient is the age
+	// recipient captured samples are encrypted to. Both are public, for GET /api/v1/trust.
+	dataDir          string
+	datasetRecipient func() string
 }
 
 func (k *keySet) releaseVerifiers() []bundle.Verifier {
@@ -30,10 +38,41 @@ func (k *keySet) releaseVerifiers() []bundle.Verifier {
 	return out
 }
 
+// Trust reports the public facts for GET /api/v1/trust: the control key, the release keys bundles
+// are checked against and, with --trust-doc, the document's version, roots and revocations. Only
+// public keys leave here.
+func (k *keySet) Trust(context.Context) (api.TrustInfo, error) {
+	info := api.TrustInfo{
+		ControlKey:  api.TrustKey{ID: k.control.KeyID(), PublicKeyPEM: string(k.control.PublicKeyPEM())},
+		Source:      "pinned",
+		ReleaseKeys: []api.TrustKey{},
+		ControlKeys: []api.TrustKey{},
+	}
+	for _, v := range k.trust.ReleaseVerifiers() {
+		info.ReleaseKeys = append(info.ReleaseKeys, api.TrustKey{ID: v.KeyID(), PublicKeyPEM: string(v.PublicKeyPEM())})
+	}
+	for _, v := range k.trust.ControlVerifiers() {
+		info.ControlKeys = append(info.ControlKeys, api.TrustKey{ID: v.KeyID(), PublicKeyPEM: string(v.PublicKeyPEM())})
+	}
+	if b, err := os.ReadFile(filepath.Join(k.dataDir, "encryption.pub")); err == nil {
+		info.BundleRecipient = strings.TrimSpace(string(b))
+	}
+	if k.datasetRecipient != nil {
+		info.DatasetRecipient = k.datasetRecipient()
+	}
+	if doc, ok := k.trust.Document(); ok {
+		sum := sha256.Sum256(k.trustEnvelope)
+		info.Source = "trust_document"
+		info.Document = &api.TrustDocument{Version: doc.Version, IssuedAt: doc.IssuedAt, Root: k.trust.RootIDs(),
+			Revoked: append([]string{}, doc.Revoked...), SHA256: hex.EncodeToString(sum[:])}
+	}
+	return info, nil
+}
+
 // loadKeys reads the control key (generating DATA/control.key and control.pub on first start) and
 // the release keys from --trust files and folders or from a trust document.
 func loadKeys(ctx context.Context, cfg Config) (*keySet, error) {
-	ks := &keySet{}
+	ks := &keySet{dataDir: cfg.DataDir}
 	path := cfg.ControlKey
 	if path == "" {
 		path = filepath.Join(cfg.DataDir, "control.key")

@@ -49,6 +49,8 @@ type Config struct {
 	Metrics http.Handler
 	// Cluster reports the replica and the leader; GET /api/v1/cluster answers 501 when nil.
 	Cluster Cluster
+	// Trust reports the public keys and the trust document version; GET /api/v1/trust answers 501 when nil.
+	Trust Trust
 	// AdminTokenHash is the SHA-256 of the admin token; tokens are never kept in clear.
 	// Used only when Tokens is nil (then other tokens live in memory).
 	AdminTokenHash [32]byte
@@ -120,6 +122,7 @@ func New(cfg Config) http.Handler {
 	h.enrollRoutes(r, v1)
 	h.datasetRoutes(v1)
 	v1.GET("/cluster", h.getCluster)
+	v1.GET("/trust", h.getTrust) // trust.go
 	return r
 }
 

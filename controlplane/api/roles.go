@@ -76,6 +76,7 @@ var routeRoles = map[string]auth.Role{
 	// Captured samples can hold personal data: reading them is an operator's act, like capturing.
 	"GET /api/v1/datasets/:id/samples": auth.Operator,
 	"DELETE /api/v1/datasets/:id":      auth.Operator,
+	"GET /api/v1/trust":                auth.Viewer, // public keys and fingerprints only
 }
 
 // RouteRoles returns a copy of the route table (for tests and documentation).

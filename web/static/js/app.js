@@ -8,6 +8,8 @@ import { groups, group } from './pages/groups.js';
 import { registry, bundle } from './pages/bundles.js';
 import { rollouts, rollout, newRollout } from './pages/rollouts.js';
 import { auditLog } from './pages/audit.js';
+import { datasets, dataset } from './pages/datasets.js';
+import { keys } from './pages/keys.js';
 
 const POLL_MS = 2500;
 
@@ -25,6 +27,9 @@ const routes = [
   [/^\/rollouts\/new$/, newRollout, 'rollouts'],
   [/^\/rollouts\/([^/]+)$/, rollout, 'rollouts'],
   [/^\/audit$/, auditLog, 'audit'],
+  [/^\/datasets$/, datasets, 'datasets'],
+  [/^\/datasets\/([^/]+)$/, dataset, 'datasets'],
+  [/^\/keys$/, keys, 'keys'],
   [/^\/login$/, login, ''],
 ];
 

@@ -3,6 +3,7 @@
 import { get, bundles, refOf } from '../api.js';
 import { h, fill, table, badge, online, link, enc, ago, when, pct, bytes, ms, short, lineChart, pageHead, quantileMS } from '../ui.js';
 import { alertsOf } from './overview.js';
+import { captureForm } from './datasets.js';
 
 export function devices(root, { query }) {
   const group = h('select', { id: 'f-group', name: 'group' }, h('option', { value: '' }, 'All groups'));
@@ -76,6 +77,8 @@ export function device(root, { params: [id] }) {
   const windows = h('div', { id: 'device-windows' });
   const latChart = h('div');
   const errChart = h('div');
+  const capture = captureForm(id);
+  const captures = h('div', { id: 'device-datasets' });
   root.append(head,
     h('div', { class: 'grid two' },
       h('section', { class: 'panel' }, h('h2', {}, 'Reported state'), facts),
@@ -84,7 +87,8 @@ export function device(root, { params: [id] }) {
     h('div', { class: 'grid two' },
       h('section', { class: 'panel' }, h('h2', {}, 'p95 latency per window'), latChart),
       h('section', { class: 'panel' }, h('h2', {}, 'Requests and errors per window'), errChart)),
-    h('section', { class: 'panel' }, h('h2', {}, 'Latest inference windows'), windows));
+    h('section', { class: 'panel' }, h('h2', {}, 'Latest inference windows'), windows),
+    h('section', { class: 'panel' }, h('h2', {}, 'Captured samples'), captures, capture.el));
 
   return {
     async refresh() {
@@ -118,6 +122,16 @@ export function device(root, { params: [id] }) {
         { points: hpoints.map(([t, b]) => [t, b.mem_percent || 0]), cls: 'b', name: 'memory' },
       ], { yfmt: (v) => v.toFixed(0) + '%', ymax: 100, emptyText: 'Waiting for health samples…' }));
       const mrows = Object.entries(rep.models || {});
+      capture.setDevice(mrows.map(([n]) => n).sort(), d.group);
+      // A control plane without dataset support answers 501: the device page works on without it.
+      const ds = await get('/datasets?device=' + enc(id)).catch(() => ({ datasets: [] }));
+      fill(captures, (ds.datasets || []).map((x) => [x.id, x.state, x.samples]), () => table([
+        { title: 'Dataset', cell: (x) => link('#/datasets/' + enc(x.id), h('code', {}, short(x.id))) },
+        { title: 'Model', cell: (x) => x.model + (x.version ? '@' + x.version : '') },
+        { title: 'Samples', num: true, cell: (x) => String(x.samples || 0) },
+        { title: 'State', cell: (x) => badge(x.state === 'complete' ? 'completed' : x.state === 'requested' ? 'pending' : x.state, x.state) },
+        { title: 'Requested', cell: (x) => [when(x.requested), ' by ', x.requester] },
+      ], ds.datasets || [], 'No samples captured from this device.'));
       fill(models, mrows, () => table([
         { title: 'Model', cell: ([n]) => n },
         { title: 'Active', cell: ([, m]) => (m.active ? link('#/bundles/' + enc(m.active), refOf(m.active)) : '—') },
