@@ -376,10 +376,22 @@ func (r *Registry) applyStatus(id string, s wire.Status) error {
 func (r *Registry) applyReported(id string, rep wire.Reported) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	d, created := r.ensure(id, rep.Group, rep.Labels)
+	d, urgent := r.ensure(id, rep.Group, rep.Labels)
 	d.Reported = &rep
-	d.LastSeen = r.now()
-	r.markDirty(id, created)
+	now := r.now()
+	d.LastSeen = now
+	// A report from a newer session than any status seen proves the device connected again: its
+	// online status was lost or is still on its way (brokers do not order messages across topics,
+	// and a clustered broker may deliver a retained status late). Only a strictly newer session
+	// counts, so a report of an old session cannot undo that session's Last Will.
+	if rep.Session > d.Session {
+		if !d.Online {
+			d.StatusAt = now
+		}
+		d.Online, d.Session = true, rep.Session
+		urgent = true // presence changed
+	}
+	r.markDirty(id, urgent)
 	return nil
 }
 

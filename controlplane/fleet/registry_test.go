@@ -252,3 +252,42 @@ func TestSyncGroupsAdoptsNewerChoices(t *testing.T) {
 		t.Fatalf("stored group %q", d.Group)
 	}
 }
+
+// TestReportOfNewerSessionMeansOnline: when a device's online status is lost or late (brokers do
+// not order across topics; a clustered broker may deliver a retained status late), a report from
+// a newer session than any status seen brings it online; a report of the session whose Last Will
+// arrived does not undo it.
+func TestReportOfNewerSessionMeansOnline(t *testing.T) {
+	rep := func(session uint64) []byte {
+		b, _ := json.Marshal(wire.Reported{Device: "dev-1", Session: session, Models: map[string]wire.ModelReport{}})
+		return b
+	}
+	cases := []struct {
+		name   string
+		msgs   [][2]string // topic kind, payload
+		online bool
+	}{
+		{"report alone (status never arrived)", [][2]string{{"reported", string(rep(3))}}, true},
+		{"Will of session 3, then a report of session 3 delivered late", [][2]string{
+			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"reported", string(rep(3))}}, false},
+		{"Will of session 3, then a report of session 4 (status 4 lost)", [][2]string{
+			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"reported", string(rep(4))}}, true},
+		{"offline of session 5 after a report of session 5", [][2]string{
+			{"reported", string(rep(5))}, {"status", string(status("offline", 5, ""))}}, false},
+	}
+	for _, c := range cases {
+		r := newRegistry(t, store.NewMemory())
+		for _, m := range c.msgs {
+			topic := topics.Status("dev-1")
+			if m[0] == "reported" {
+				topic = topics.Reported("dev-1")
+			}
+			if err := r.HandleMessage(topic, []byte(m[1])); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+		}
+		if d, _ := r.Get("dev-1"); d.Online != c.online {
+			t.Errorf("%s: online %v, want %v", c.name, d.Online, c.online)
+		}
+	}
+}
