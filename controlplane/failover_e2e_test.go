@@ -94,7 +94,7 @@ func TestFailover(t *testing.T) {
 	for _, id := range []string{"cp-b", "cp-c"} {
 		cps[id] = fleettest.StartControlPlaneProcess(t, brokers, append(common, "--replica-id", id, "--control-key", key)...)
 	}
-	any := cps["cp-b"]
+	front := cps["cp-b"]
 	lastOnline := ""
 	defer func() {
 		if t.Failed() && lastOnline != "" {
@@ -124,7 +124,7 @@ func TestFailover(t *testing.T) {
 			return true
 		})
 	}
-	if code, body := any.Do("PUT", "/api/v1/groups/line-a/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
+	if code, body := front.Do("PUT", "/api/v1/groups/line-a/desired", map[string]string{"bundle": "wake@1.0.0"}, nil); code != 200 {
 		t.Fatalf("baseline: %d %s", code, body)
 	}
 	onBundle := func(cp *fleettest.ControlPlaneProcess, id string) int {
@@ -136,29 +136,29 @@ func TestFailover(t *testing.T) {
 		}
 		return k
 	}
-	fleettest.Eventually(t, 120*time.Second, "fleet on v1", func() bool { return onBundle(any, id1) == n })
+	fleettest.Eventually(t, 120*time.Second, "fleet on v1", func() bool { return onBundle(front, id1) == n })
 
 	spec := `{"bundle": "wake@2.0.0", "target": {"groups": ["line-a"]},
 	  "stages": [{"devices": 2, "bake": "10s"}, {"percent": 50, "bake": "5s"}, {"percent": 100, "bake": "2s"}],
 	  "gates": {"min_samples": 1, "evaluations": 1, "p95_latency_max_ratio": 50}}`
 	var out struct{ ID string }
-	if code, body := any.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &out); code != 201 {
+	if code, body := front.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &out); code != 201 {
 		t.Fatalf("create: %d %s", code, body)
 	}
-	fleettest.Eventually(t, 120*time.Second, "canaries on v2", func() bool { return onBundle(any, id2) >= 2 })
-	leader := clusterStatus(t, any.ControlPlane).Leader
+	fleettest.Eventually(t, 120*time.Second, "canaries on v2", func() bool { return onBundle(front, id2) >= 2 })
+	leader := clusterStatus(t, front.ControlPlane).Leader
 	victim, ok := cps[leader]
 	if !ok {
 		t.Fatalf("leader %q is none of the replicas", leader)
 	}
-	if got := onBundle(any, id2); got == n {
+	if got := onBundle(front, id2); got == n {
 		t.Fatalf("the whole fleet was on v2 before the failure; the test needs the rollout mid-way")
 	}
 	victim.Kill()
 	nats.Kill(nats.Nodes[0])
 	killed := time.Now()
 	delete(cps, leader)
-	t.Logf("killed leader %s and broker node %s with %d of %d devices on v2", leader, nats.Nodes[0].Name, onBundle(any, id2), n)
+	t.Logf("killed leader %s and broker node %s with %d of %d devices on v2", leader, nats.Nodes[0].Name, onBundle(front, id2), n)
 	var survivor *fleettest.ControlPlaneProcess
 	for _, cp := range cps {
 		survivor = cp
@@ -172,6 +172,15 @@ func TestFailover(t *testing.T) {
 		State     string
 		Decisions []struct{ Action, Reason string }
 	}
+	defer func() {
+		if t.Failed() {
+			js, _ := json.MarshalIndent(v, "", " ")
+			t.Logf("rollout as last read:\n%s", js)
+			var devs []map[string]any
+			survivor.Do("GET", "/api/v1/rollouts/"+out.ID+"/devices", nil, &devs)
+			t.Logf("rollout devices: %+v", devs)
+		}
+	}()
 	fleettest.Eventually(t, 240*time.Second, "rollout to end under the new leader", func() bool {
 		survivor.Do("GET", "/api/v1/rollouts/"+out.ID, nil, &v)
 		return v.State == "completed" || v.State == "rolled_back" || v.State == "aborted"
