@@ -380,9 +380,17 @@ type Filter struct {
 
 // List returns copies of the matching devices, sorted by id.
 func (r *Registry) List(f Filter) []Device {
+	out, _ := r.Page(f, 0, 0)
+	return out
+}
+
+// Page returns copies of the matching devices sorted by id, from offset, at most limit of them
+// (0: all), and how many match in all. Only the page is copied, so a paged list of a large fleet
+// costs a filter and a sort of pointers.
+func (r *Registry) Page(f Filter, offset, limit int) ([]Device, int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]Device, 0, len(r.devices))
+	match := make([]*Device, 0, len(r.devices))
 	for _, d := range r.devices {
 		if f.Group != "" && d.Group != f.Group {
 			continue
@@ -393,10 +401,19 @@ func (r *Registry) List(f Filter) []Device {
 		if f.Search != "" && !matches(d, f.Search) {
 			continue
 		}
-		out = append(out, copyDevice(d))
+		match = append(match, d)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	sort.Slice(match, func(i, j int) bool { return match[i].ID < match[j].ID })
+	total := len(match)
+	match = match[min(offset, total):]
+	if limit > 0 && limit < len(match) {
+		match = match[:limit]
+	}
+	out := make([]Device, len(match))
+	for i, d := range match {
+		out[i] = copyDevice(d)
+	}
+	return out, total
 }
 
 func matches(d *Device, s string) bool {
