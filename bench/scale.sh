@@ -86,6 +86,7 @@ r=$(rss $cp)
 echo "- control plane, fleet idle: RSS $(( r/1024 )) MiB ($(( (r-cprss0)*1024/n )) B per device above $(( cprss0/1024 )) MiB before the fleet); CPU $(pct $c0 $c1 30000)% of one core"
 [ -n "${bpid:-}" ] && echo "- Mosquitto beside it: RSS $(( $(rss $bpid)/1024 )) MiB; CPU $(pct $b0 $b1 30000)%"
 echo "- simulator: RSS $(( $(rss $sim)/1024 )) MiB for $n agents ($(( $(rss $sim)*1024/n )) B each); CPU $(pct $s0 $s1 30000)% of one core"
+curl -fs -o "$tmp/heap.pprof" "127.0.0.1:46091/debug/pprof/heap?gc=1" || true
 for q in "devices?limit=100&group=line-a" "devices?limit=100&offset=$(( n/2 ))&group=line-b&online=true" "devices?q=sim-0099&limit=100" "devices"; do
   s=$(now_ms); for _ in $(seq 20); do api "$q" >/dev/null; done
   echo "- GET /api/v1/$q: $(( ($(now_ms) - s) / 20 )) ms mean of 20"
@@ -119,6 +120,10 @@ echo "- rollout wake@1.1.0 (stages 1 device, 5%, 25%, 100%; bakes $bake): $state
 echo "- control plane during the rollout: CPU $(pct $c0 $c1 $ms)% of one core on average, peak RSS $(( peak/1024 )) MiB; simulator RSS $(( $(rss $sim)/1024 )) MiB"
 echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 wait %?profile 2>/dev/null || true
+if [ -s "$tmp/heap.pprof" ]; then
+  echo; echo "control plane heap in use with the fleet idle (top 12):"
+  (cd "$root" && GOTOOLCHAIN=local go tool pprof -sample_index=inuse_space -top -nodecount 12 "$bin/controlplane" "$tmp/heap.pprof" 2>/dev/null | tail -n 13 | sed 's/^/    /')
+fi
 if [ -s "$tmp/cpu.pprof" ]; then
   echo; echo "control plane CPU profile, first 20 s of the rollout (top 12, cumulative):"
   (cd "$root" && GOTOOLCHAIN=local go tool pprof -top -cum -nodecount 12 "$bin/controlplane" "$tmp/cpu.pprof" 2>/dev/null | tail -n 13 | sed 's/^/    /')

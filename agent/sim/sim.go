@@ -175,9 +175,9 @@ func Run(ctx context.Context, cfg Config) error {
 				}
 			})
 		}
-		// Stagger connections a little so a large fleet does not connect in one burst.
+		// Stagger connections (500 a second) so a large fleet does not connect in one burst.
 		if i%50 == 0 {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	cfg.Logger.Info("simulated fleet started", "devices", cfg.Count, "groups", len(cfg.Groups))

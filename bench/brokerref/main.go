@@ -87,8 +87,7 @@ func idle(ctx context.Context, args []string) error {
 	wg.Wait()
 	fmt.Println("connected", ok.Load())
 	<-ctx.Done()
-	for _, c := range clients {
-		c.Disconnect(100)
-	}
+	// No orderly disconnects: paho's Disconnect waits out its quiesce time client by client, and
+	// the broker sees the connections drop just the same when the process exits.
 	return nil
 }
