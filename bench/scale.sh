@@ -69,9 +69,16 @@ done
 cprss0=$(rss $cp)
 total() { api "devices?limit=1$1" | grep -o '"total": *[0-9]*' | grep -o '[0-9]*$' || echo 0; }
 t0=$(now_ms)
-"$bin/agent" simulate --count "$n" --broker "$brokerurl" --data "$tmp/sim" --groups line-a=50%,line-b=50% \
-  --trust "$tmp/keys/release.pub" --control-key "$tmp/cp/control.pub" --telemetry-interval 60s --rate "$rate" --log-level warn >"$tmp/sim.log" 2>&1 &
-sim=$!
+# Simulators of at most 5,000 devices each: a process's open-file limit (20,000 here) caps one
+# simulator below 10,000 devices (a socket and a spool file each).
+sims=(); per=5000
+for ((first = 1; first <= n; first += per)); do
+  "$bin/agent" simulate --count $(( n - first + 1 < per ? n - first + 1 : per )) --first $first --broker "$brokerurl" --data "$tmp/sim" --groups line-a=50%,line-b=50% \
+    --trust "$tmp/keys/release.pub" --control-key "$tmp/cp/control.pub" --telemetry-interval 60s --rate "$rate" --log-level warn >"$tmp/sim-$first.log" 2>&1 &
+  sims+=($!)
+done
+simrss() { local t=0; for p in "${sims[@]}"; do t=$(( t + $(rss $p) )); done; echo $t; }
+simticks() { local t=0; for p in "${sims[@]}"; do t=$(( t + $(ticks $p) )); done; echo $t; }
 online=0
 until [ "$online" -ge "$n" ]; do
   online=$(total '&online=true')
@@ -80,12 +87,12 @@ until [ "$online" -ge "$n" ]; do
 done
 echo "- all $online online: $(( ($(now_ms) - t0) / 1000 )) s after the simulator started"
 sleep 10
-c0=$(ticks $cp); s0=$(ticks $sim); [ -n "${bpid:-}" ] && b0=$(ticks $bpid); sleep 30
-c1=$(ticks $cp); s1=$(ticks $sim); [ -n "${bpid:-}" ] && b1=$(ticks $bpid)
+c0=$(ticks $cp); s0=$(simticks); [ -n "${bpid:-}" ] && b0=$(ticks $bpid); sleep 30
+c1=$(ticks $cp); s1=$(simticks); [ -n "${bpid:-}" ] && b1=$(ticks $bpid)
 r=$(rss $cp)
 echo "- control plane, fleet idle: RSS $(( r/1024 )) MiB ($(( (r-cprss0)*1024/n )) B per device above $(( cprss0/1024 )) MiB before the fleet); CPU $(pct $c0 $c1 30000)% of one core"
 [ -n "${bpid:-}" ] && echo "- Mosquitto beside it: RSS $(( $(rss $bpid)/1024 )) MiB; CPU $(pct $b0 $b1 30000)%"
-echo "- simulator: RSS $(( $(rss $sim)/1024 )) MiB for $n agents ($(( $(rss $sim)*1024/n )) B each); CPU $(pct $s0 $s1 30000)% of one core"
+echo "- simulators (${#sims[@]} processes): RSS $(( $(simrss)/1024 )) MiB for $n agents ($(( $(simrss)*1024/n )) B each); CPU $(pct $s0 $s1 30000)% of one core"
 curl -fs -o "$tmp/heap.pprof" "127.0.0.1:46091/debug/pprof/heap?gc=1" || true
 for q in "devices?limit=100&group=line-a" "devices?limit=100&offset=$(( n/2 ))&group=line-b&online=true" "devices?q=sim-0099&limit=100" "devices"; do
   s=$(now_ms); for _ in $(seq 20); do api "$q" >/dev/null; done
@@ -117,7 +124,7 @@ while :; do
 done
 ms=$(( $(now_ms) - t0 )); c1=$(ticks $cp)
 echo "- rollout wake@1.1.0 (stages 1 device, 5%, 25%, 100%; bakes $bake): $state in $(( ms / 1000 )) s"
-echo "- control plane during the rollout: CPU $(pct $c0 $c1 $ms)% of one core on average, peak RSS $(( peak/1024 )) MiB; simulator RSS $(( $(rss $sim)/1024 )) MiB"
+echo "- control plane during the rollout: CPU $(pct $c0 $c1 $ms)% of one core on average, peak RSS $(( peak/1024 )) MiB; simulators RSS $(( $(simrss)/1024 )) MiB"
 echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 wait %?profile 2>/dev/null || true
 if [ -s "$tmp/heap.pprof" ]; then

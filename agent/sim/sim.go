@@ -56,7 +56,11 @@ func ParseGroups(s string) ([]Group, error) {
 
 // Config of a simulation.
 type Config struct {
-	Count             int
+	Count int
+	// First is the number of the first device (0: 1), so that several simulator processes can
+	// share a fleet: one process holds a socket and a spool file per device, and a process's
+	// open-file limit (often 20,000) caps it below ten thousand devices.
+	First             int
 	Broker            mqttc.Config
 	DataDir           string
 	Groups            []Group
@@ -141,8 +145,9 @@ func Run(ctx context.Context, cfg Config) error {
 	tr := newTraffic(cfg.RequestsPerSecond, cfg.Seed)
 	wg.Add(1)
 	go func() { defer wg.Done(); tr.run(ctx) }()
+	first := max(cfg.First, 1)
 	for i := 1; i <= cfg.Count; i++ {
-		id := ID(i)
+		id := ID(first + i - 1)
 		group := groupOf(cfg.Groups, i-1, cfg.Count)
 		faults, offline := faultsFor(cfg, id, group)
 		a, err := agent.New(agent.Config{
