@@ -67,6 +67,10 @@ func Start(cfg Config) (*Broker, error) {
 	// blocks), so 512 pending writes leave ample room and take 4 KiB. The 2 KiB read and write
 	// buffers are mochi's defaults, kept for the 64 KiB bundle blocks' sake.
 	caps.MaximumClientWritesPending = clientWritesPending
+	// mochi's default removes any retained message older than a day, whether or not it was
+	// replaced: a device's retained status, reported and desired state would vanish under a
+	// fleet that is simply stable. Retained state is replaced, never aged out.
+	caps.MaximumMessageExpiryInterval = 0
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,
