@@ -10,9 +10,11 @@
 #      next version (1 device, 5%, 25%, 100%): times, control plane CPU and peak RSS; a 20 s CPU
 #      profile of the control plane during the rollout (top functions).
 #   usage: bench/scale.sh [N] [embedded|mosquitto] [BAKE]   (default 1000 embedded 60s; after make build)
+#   env: RATE (inferences per second per device, 0.2), ROLLOUT=0 (skip part 3)
 set -euo pipefail
 n=${1:-1000}; mode=${2:-embedded}; bake=${3:-60s}
 rate=${RATE:-0.2} # inferences per second per device
+rollout=${ROLLOUT:-1} # ROLLOUT=0: stop after the idle-fleet figures (parts 1 and 2)
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/bin
 tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -100,6 +102,7 @@ for q in "devices?limit=100&group=line-a" "devices?limit=100&offset=$(( n/2 ))&g
 done
 
 # 3. Baseline to all, then the 4-stage rollout.
+[ "$rollout" = 1 ] || exit 0
 committed() { api "devices" | grep -o '"state": *"committed"' | wc -l; }
 t0=$(now_ms)
 cli groups assign line-a wake@1.0.0 >/dev/null; cli groups assign line-b wake@1.0.0 >/dev/null
