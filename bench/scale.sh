@@ -126,6 +126,7 @@ while :; do
   sleep 2
 done
 ms=$(( $(now_ms) - t0 )); c1=$(ticks $cp)
+[ "$state" = completed ] || api "rollouts/$id" | grep -o '"\(reason\|message\|outcome\|gate\)": *"[^"]*"' | sort | uniq -c | sed 's/^/    /' | tail -n 12
 echo "- rollout wake@1.1.0 (stages 1 device, 5%, 25%, 100%; bakes $bake): $state in $(( ms / 1000 )) s"
 echo "- control plane during the rollout: CPU $(pct $c0 $c1 $ms)% of one core on average, peak RSS $(( peak/1024 )) MiB; simulators RSS $(( $(simrss)/1024 )) MiB"
 echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
