@@ -31,7 +31,10 @@ mosq() { # port -> pid of a bare Mosquitto
 listener $1 127.0.0.1
 allow_anonymous true
 persistence false
-max_queued_messages 1000
+# The control plane reads the whole fleet on one subscription: with Mosquitto's default queue of
+# 1,000 messages a client, a fleet of 10,000 connecting at once overflows it, status messages are
+# dropped and their devices stay offline in the registry until they reconnect.
+max_queued_messages ${MOSQ_QUEUE:-100000}
 CONF
   mosquitto -c "$tmp/mosq-$1.conf" >"$tmp/mosq-$1.log" 2>&1 &
   echo $!
