@@ -17,7 +17,10 @@ rate=${RATE:-0.2} # inferences per second per device
 rollout=${ROLLOUT:-1} # ROLLOUT=0: stop after the idle-fleet figures (parts 1 and 2)
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/bin
-tmp=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
+tmp=$(mktemp -d)
+# Mosquitto is started in a command substitution, so it is not one of this shell's jobs: its pids
+# are kept in $tmp/pids.
+trap 'kill $(jobs -p) $(cat "$tmp/pids" 2>/dev/null) 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
 export EDGEFLEET_ORT_LIB=$("$root/scripts/fetch-ort.sh")
 models=$("$root/scripts/fetch-models.sh")
 (cd "$root" && GOTOOLCHAIN=local go build -o "$tmp/brokerref" ./bench/brokerref)
@@ -37,7 +40,7 @@ persistence false
 max_queued_messages ${MOSQ_QUEUE:-100000}
 CONF
   mosquitto -c "$tmp/mosq-$1.conf" >"$tmp/mosq-$1.log" 2>&1 &
-  echo $!
+  echo $! | tee -a "$tmp/pids"
 }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; }
 
@@ -63,7 +66,7 @@ if [ "$mode" = mosquitto ]; then bpid=$(mosq 41891); wait_port 41891; extra=(--b
 "$bin/controlplane" serve --data "$tmp/cp" --http 127.0.0.1:48091 --mqtt-listen 127.0.0.1:41891 "${extra[@]}" \
   --trust "$tmp/keys/release.pub" --pprof 127.0.0.1:46091 --log-level warn >"$tmp/cp.log" 2>&1 &
 cp=$!
-for _ in $(seq 200); do curl -fs 127.0.0.1:48091/healthz >/dev/null && break; sleep 0.05; done
+for _ in $(seq 1200); do curl -fs 127.0.0.1:48091/healthz >/dev/null && break; sleep 0.05; done
 tok=$(cat "$tmp/cp/admin.token")
 api() { curl -fs -H "Authorization: Bearer $tok" "127.0.0.1:48091/api/v1/$1"; }
 cli() { "$bin/controlplane" --server http://127.0.0.1:48091 --token "$tok" "$@"; }
