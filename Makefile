@@ -44,6 +44,8 @@ bench: deps build models
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -run '^$$' -bench . -benchmem ./...
 	bench/foundation.sh
 	bench/fleet.sh 1000
+	bench/scale.sh 10000 embedded
+	bench/scale.sh 10000 mosquitto
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) run ./bench/infer -models "$$(scripts/fetch-models.sh)" -d 2s
 
 clean:

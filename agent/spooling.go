@@ -84,7 +84,7 @@ func (a *Agent) drainLoop(ctx context.Context) {
 			}
 			continue
 		}
-		d := spool.Drainer{Spool: a.spool, Rate: a.cfg.DrainRate, ResendAfter: 10 * time.Second,
+		d := spool.Drainer{Spool: a.spool, Rate: a.cfg.DrainRate, ResendAfter: 10 * time.Second, IdleWait: true,
 			Send: func(ctx context.Context, e spool.Entry) error {
 				c, _ := a.current()
 				if c == nil {

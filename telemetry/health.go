@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -38,16 +39,25 @@ type Health struct {
 	Budget *BudgetReport `json:"budget,omitempty"`
 }
 
+// finite maps NaN and infinities to 0: gopsutil divides by the ticks that passed in its window,
+// which can be none on a starved machine, and JSON has no NaN (the whole message would be lost).
+func finite(v float64) float64 {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0
+	}
+	return v
+}
+
 // CollectHealth samples the host. dataDir is the folder whose file system's free space matters
 // (the agent's bundles live there). CPU percent is measured over a short window so the first
 // sample is meaningful.
 func CollectHealth(ctx context.Context, dataDir string) Health {
 	var h Health
 	if p, err := cpu.PercentWithContext(ctx, 200*time.Millisecond, false); err == nil && len(p) > 0 {
-		h.CPUPercent = p[0]
+		h.CPUPercent = finite(p[0])
 	}
 	if vm, err := mem.VirtualMemoryWithContext(ctx); err == nil {
-		h.MemUsedBytes, h.MemTotalBytes, h.MemPercent = vm.Used, vm.Total, vm.UsedPercent
+		h.MemUsedBytes, h.MemTotalBytes, h.MemPercent = vm.Used, vm.Total, finite(vm.UsedPercent)
 	}
 	if dataDir != "" {
 		if du, err := disk.UsageWithContext(ctx, dataDir); err == nil {

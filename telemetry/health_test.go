@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"math"
 	"runtime"
 	"testing"
 )
@@ -29,5 +30,13 @@ func TestCollectHostFacts(t *testing.T) {
 	f := CollectHostFacts(context.Background(), t.TempDir())
 	if f.OS != runtime.GOOS || f.Arch != runtime.GOARCH || f.CPUs < 1 || f.MemoryBytes == 0 {
 		t.Fatalf("host facts: %+v", f)
+	}
+}
+
+func TestFiniteKeepsHealthEncodable(t *testing.T) {
+	for _, c := range []struct{ in, want float64 }{{math.NaN(), 0}, {math.Inf(1), 0}, {math.Inf(-1), 0}, {42.5, 42.5}} {
+		if got := finite(c.in); got != c.want {
+			t.Errorf("finite(%v) = %v, want %v", c.in, got, c.want)
+		}
 	}
 }

@@ -41,7 +41,14 @@ type LoadOptions struct {
 	MaxBatch int
 	// MaxWait bounds how long a queued request waits for others to join its batch (default 2ms).
 	MaxWait time.Duration
+	// Open, when set, opens the sessions of a version in place of onnxrt.NewSession and returns
+	// how to give each back (Close calls that instead of closing it). A device simulator shares
+	// one session per bundle among its simulated devices through it (agent/sim); nil on devices.
+	Open SessionOpener
 }
+
+// SessionOpener opens session number index of bundle id's model and returns it with its release.
+type SessionOpener func(id string, index int, model []byte, opts onnxrt.Options) (*onnxrt.Session, func(), error)
 
 var defaultLoad atomic.Pointer[LoadOptions]
 
@@ -67,6 +74,7 @@ type Model struct {
 	pipe     onnxrt.Pipeline // the bundle's pre- and post-processing graphs, if any
 
 	sessions []*onnxrt.Session
+	releases []func() // from LoadOptions.Open: give the sessions back instead of closing them
 	slots    chan int // run slots; a slot's number picks its session
 	batch    *batcher // nil without dynamic batching
 	met      *metrics
@@ -154,11 +162,19 @@ func New(model []byte, id string, m *bundle.Manifest, opts onnxrt.Options, lo Lo
 	}
 	mod := &Model{Name: m.Name, Version: m.Version, Bundle: id, Manifest: m, slots: make(chan int, conc)}
 	for i := range nsess {
-		sess, err := onnxrt.NewSession(model, opts)
-		if err != nil {
-			for _, s := range mod.sessions {
-				s.Close()
+		var sess *onnxrt.Session
+		var err error
+		if lo.Open != nil {
+			var release func()
+			sess, release, err = lo.Open(id, i, model, opts)
+			if err == nil {
+				mod.releases = append(mod.releases, release)
 			}
+		} else {
+			sess, err = onnxrt.NewSession(model, opts)
+		}
+		if err != nil {
+			mod.closeSessions()
 			return nil, fmt.Errorf("load %s@%s in ONNX Runtime (session %d of %d): %w", m.Name, m.Version, i+1, nsess, err)
 		}
 		mod.sessions = append(mod.sessions, sess)
@@ -281,8 +297,18 @@ func (m *Model) Close() {
 	if m.batch != nil {
 		m.batch.close()
 	}
+	m.closeSessions()
+	m.pipe.Close()
+}
+
+func (m *Model) closeSessions() {
+	if m.releases != nil {
+		for _, release := range m.releases {
+			release()
+		}
+		return
+	}
 	for _, s := range m.sessions {
 		s.Close()
 	}
-	m.pipe.Close()
 }

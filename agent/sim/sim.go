@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/agent"
+	"github.com/edgefleet/edgefleet/agent/infer"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
 	"github.com/edgefleet/edgefleet/internal/onnxrt"
 )
@@ -55,7 +56,11 @@ func ParseGroups(s string) ([]Group, error) {
 
 // Config of a simulation.
 type Config struct {
-	Count             int
+	Count int
+	// First is the number of the first device (0: 1), so that several simulator processes can
+	// share a fleet: one process holds a socket and a spool file per device, and a process's
+	// open-file limit (often 20,000) caps it below ten thousand devices.
+	First             int
 	Broker            mqttc.Config
 	DataDir           string
 	Groups            []Group
@@ -135,8 +140,16 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, cfg.Count)
+	// One ONNX Runtime session per bundle for the whole simulated fleet (each device still loads,
+	// smoke-tests, serves and releases it through its own lifecycle), and one traffic scheduler:
+	// per-device sessions and tickers are what kept a simulator to about a thousand devices.
+	sessions := newSessionCache()
+	tr := newTraffic(cfg.RequestsPerSecond, cfg.Seed)
+	wg.Add(1)
+	go func() { defer wg.Done(); tr.run(ctx) }()
+	first := max(cfg.First, 1)
 	for i := 1; i <= cfg.Count; i++ {
-		id := ID(i)
+		id := ID(first + i - 1)
 		group := groupOf(cfg.Groups, i-1, cfg.Count)
 		faults, offline := faultsFor(cfg, id, group)
 		a, err := agent.New(agent.Config{
@@ -144,37 +157,34 @@ func Run(ctx context.Context, cfg Config) error {
 			Labels: map[string]string{"simulated": "true"}, Prefix: cfg.Prefix, TelemetryInterval: cfg.TelemetryInterval,
 			Logger: cfg.Logger, TrustKeys: cfg.TrustKeys, ControlKey: cfg.ControlKey, Root: cfg.Root, Faults: faults,
 			StallTimeout: 60 * time.Second, SpoolNoSync: true, DrainRate: 50, TelemetryBudget: cfg.TelemetryBudget,
+			IntraOpThreads: 1, Serving: infer.LoadOptions{Concurrency: 1, Open: sessions.open},
 		})
 		if err != nil {
 			return fmt.Errorf("device %s: %w", id, err)
 		}
 		dctx, cancel := context.WithCancel(ctx)
-		wg.Add(2)
+		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer cancel()
 			if err := a.Run(dctx); err != nil {
 				errs <- fmt.Errorf("device %s: %w", id, err)
 			}
 		}()
-		go func() {
-			defer wg.Done()
-			defer cancel()
-			traffic(dctx, a, cfg.RequestsPerSecond, cfg.Seed+uint64(i))
-		}()
+		tr.add(dctx, a)
 		if offline {
 			// Goes offline after it registered: gone mid-rollout, as devices on flaky links do.
-			go func() {
-				select {
-				case <-time.After(3 * cfg.TelemetryInterval):
+			stop := context.AfterFunc(dctx, func() {})
+			time.AfterFunc(3*cfg.TelemetryInterval, func() {
+				if stop() {
 					cfg.Logger.Info("simulated device going offline", "device", id)
 					cancel()
-				case <-dctx.Done():
 				}
-			}()
+			})
 		}
-		// Stagger connections a little so a large fleet does not connect in one burst.
+		// Stagger connections (500 a second) so a large fleet does not connect in one burst.
 		if i%50 == 0 {
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	cfg.Logger.Info("simulated fleet started", "devices", cfg.Count, "groups", len(cfg.Groups))
@@ -186,38 +196,133 @@ func Run(ctx context.Context, cfg Config) error {
 	return nil
 }
 
-// traffic calls every served model at the given rate with generated inputs.
-func traffic(ctx context.Context, a *agent.Agent, rate float64, seed uint64) {
-	select {
-	case <-a.Ready:
-	case <-ctx.Done():
-		return
-	}
-	rng := rand.New(rand.NewPCG(seed, 7))
-	inputs := map[string][][]onnxrt.Tensor{} // bundle -> input sets
-	interval := time.Duration(float64(time.Second) / rate)
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// traffic calls every served model of every device at the given rate per device, with inputs
+// drawn from one generated pool per bundle, from a single goroutine: devices are visited round
+// robin in small steps, so the calls spread evenly over each interval.
+type traffic struct {
+	rate float64
+	seed uint64
+	rng  *rand.Rand
+
+	mu      sync.Mutex
+	devices []*simDevice
+	inputs  map[string][][]onnxrt.Tensor // bundle -> input sets, shared by all devices
+}
+
+type simDevice struct {
+	ctx context.Context
+	a   *agent.Agent
+}
+
+func newTraffic(rate float64, seed uint64) *traffic {
+	return &traffic{rate: rate, seed: seed, rng: rand.New(rand.NewPCG(seed, 7)), inputs: map[string][][]onnxrt.Tensor{}}
+}
+
+func (t *traffic) add(ctx context.Context, a *agent.Agent) {
+	t.mu.Lock()
+	t.devices = append(t.devices, &simDevice{ctx: ctx, a: a})
+	t.mu.Unlock()
+}
+
+const trafficStep = 20 * time.Millisecond
+
+func (t *traffic) run(ctx context.Context) {
+	tick := time.NewTicker(trafficStep)
+	defer tick.Stop()
+	next, due := 0, 0.0
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick.C:
 		}
-		models := a.Served()
-		sort.Slice(models, func(i, j int) bool { return models[i].Name < models[j].Name })
-		for _, m := range models {
-			sets, ok := inputs[m.Bundle]
-			if !ok {
-				// A large pool from the reference generator's distribution, so live feature histograms
-				// are not a handful of repeated points.
-				gen, err := onnxrt.GenerateInputs(m.Schema, 256, seed, nil)
-				if err != nil {
-					continue
-				}
-				inputs[m.Bundle], sets = gen, gen
+		t.mu.Lock()
+		devs := t.devices
+		t.mu.Unlock()
+		if len(devs) == 0 {
+			continue
+		}
+		// Each device is due rate times a second: this step's share of the fleet, carried over in
+		// fractions so that small fleets and low rates come out right too.
+		due += float64(len(devs)) * t.rate * trafficStep.Seconds()
+		for ; due >= 1; due-- {
+			d := devs[next%len(devs)]
+			next++
+			t.call(ctx, d)
+		}
+	}
+}
+
+func (t *traffic) call(ctx context.Context, d *simDevice) {
+	if d.ctx.Err() != nil {
+		return
+	}
+	select {
+	case <-d.a.Ready:
+	default:
+		return
+	}
+	models := d.a.Served()
+	sort.Slice(models, func(i, j int) bool { return models[i].Name < models[j].Name })
+	for _, m := range models {
+		sets, ok := t.inputs[m.Bundle]
+		if !ok {
+			// A large pool from the reference generator's distribution, so live feature histograms
+			// are not a handful of repeated points.
+			gen, err := onnxrt.GenerateInputs(m.Schema, 256, t.seed, nil)
+			if err != nil {
+				continue
 			}
-			a.Infer(ctx, m.Name, sets[rng.IntN(len(sets))])
+			t.inputs[m.Bundle], sets = gen, gen
 		}
+		d.a.Infer(ctx, m.Name, sets[t.rng.IntN(len(sets))])
+	}
+}
+
+// sessionCache shares ONNX Runtime sessions among simulated devices: one per bundle id, session
+// index and options, opened by the first device that loads the bundle and closed when the last
+// one releases it (ORT sessions take concurrent runs).
+type sessionCache struct {
+	mu sync.Mutex
+	m  map[sessionKey]*sharedSession
+}
+
+type sessionKey struct {
+	id    string
+	index int
+	opts  onnxrt.Options
+}
+
+type sharedSession struct {
+	sess *onnxrt.Session
+	refs int
+}
+
+func newSessionCache() *sessionCache { return &sessionCache{m: map[sessionKey]*sharedSession{}} }
+
+func (c *sessionCache) open(id string, index int, model []byte, opts onnxrt.Options) (*onnxrt.Session, func(), error) {
+	k := sessionKey{id, index, opts}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.m[k]
+	if !ok {
+		sess, err := onnxrt.NewSession(model, opts)
+		if err != nil {
+			return nil, nil, err
+		}
+		s = &sharedSession{sess: sess}
+		c.m[k] = s
+	}
+	s.refs++
+	var once sync.Once
+	return s.sess, func() { once.Do(func() { c.release(k, s) }) }, nil
+}
+
+func (c *sessionCache) release(k sessionKey, s *sharedSession) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.refs--; s.refs == 0 {
+		delete(c.m, k)
+		s.sess.Close()
 	}
 }

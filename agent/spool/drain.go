@@ -52,6 +52,10 @@ type Drainer struct {
 	ResendAfter time.Duration
 	// Clock; nil: SystemClock().
 	Clock Clock
+	// IdleWait: with nothing to send and nothing awaiting an ack, sleep until the next Append
+	// instead of waking at Rate to find nothing (the agent sets it; a simulator runs thousands
+	// of drainers in one process).
+	IdleWait bool
 }
 
 // Run sends from the first unacknowledged entry, one per tick of 1/Rate, until ctx ends (the
@@ -95,6 +99,16 @@ func (d *Drainer) Run(ctx context.Context) error {
 			return fmt.Errorf("drain: %w", err)
 		}
 		if len(es) == 0 {
+			if d.IdleWait && (cursor <= ack || d.ResendAfter == 0) {
+				// Nothing to send and nothing awaiting an ack: sleep until an Append rather than
+				// wake at the rate for nothing (ten thousand simulated devices in one process
+				// spent most of their CPU here). The next send still waits for a tick.
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-d.Spool.Appended():
+				}
+			}
 			continue
 		}
 		if err := d.Send(ctx, es[0]); err != nil {

@@ -144,6 +144,9 @@ type Spool struct {
 	floor  uint64 // no sequence number >= floor has been issued (seq.floor)
 	quar   string
 	closed bool
+	// appended is signalled (without blocking) by every Append, so a Drainer with nothing to
+	// send sleeps until there is something instead of polling at its rate.
+	appended chan struct{}
 }
 
 // Open opens (creating if needed) the spool in dir.
@@ -159,7 +162,7 @@ func Open(dir string, opts Options) (*Spool, error) {
 		return nil, fmt.Errorf("open spool %s: %w", dir, err)
 	}
 	floor, floorAck, floorErr := readFloor(dir)
-	s := &Spool{dir: dir, opts: opts, log: log, floor: floor}
+	s := &Spool{dir: dir, opts: opts, log: log, floor: floor, appended: make(chan struct{}, 1)}
 	path := filepath.Join(dir, dbFile)
 	db, err := store.Open(path, opts.NoSync)
 	if err == nil {
@@ -302,8 +305,15 @@ func (s *Spool) Append(kind string, body []byte, windowStart, windowEnd time.Tim
 		s.reload(seq + 1)
 		return 0, fmt.Errorf("append %s seq %d: %w", kind, seq, err)
 	}
+	select {
+	case s.appended <- struct{}{}:
+	default:
+	}
 	return seq, nil
 }
+
+// Appended is signalled after Appends (one signal may stand for several).
+func (s *Spool) Appended() <-chan struct{} { return s.appended }
 
 // reload reloads memory from the file after a failed transaction, which may have left the index
 // half-changed. A commit that failed in fsync may still reach the disk, so the sequence number it
@@ -322,6 +332,9 @@ func (s *Spool) Pending(after uint64, max int) ([]Entry, error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, ErrClosed
+	}
+	if n := len(s.slots); n == 0 || s.slots[n-1].first <= after {
+		return nil, nil // nothing above after: no read transaction (an idle drainer asks often)
 	}
 	var out []Entry
 	err := s.db.View(func(tx *store.Tx) error {

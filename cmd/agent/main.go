@@ -209,6 +209,7 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cli.Usage(fs, "agent simulate --count N --broker URL --data DIR [flags]")
 	count := fs.Int("count", 10, "number of simulated devices (ids sim-00001...)")
+	first := fs.Int("first", 1, "number of the first simulated device (to split a fleet over several processes: --count 5000 --first 5001)")
 	brokerURL := fs.String("broker", "mqtt://127.0.0.1:1883", "MQTT broker URL(s)")
 	data := fs.String("data", "", "data folder; each device gets DIR/sim-NNNNN")
 	groups := fs.String("groups", "default", "groups with weights, e.g. line-a=60%,line-b=40%")
@@ -254,7 +255,7 @@ func simulate(ctx context.Context, args []string, stderr io.Writer) error {
 	if *ortLib != "" {
 		os.Setenv("EDGEFLEET_ORT_LIB", *ortLib)
 	}
-	return sim.Run(ctx, sim.Config{Count: *count, Broker: mqttc.Config{URLs: urls}, DataDir: *data, Groups: gs, TrustKeys: trustKeys,
+	return sim.Run(ctx, sim.Config{Count: *count, First: *first, Broker: mqttc.Config{URLs: urls}, DataDir: *data, Groups: gs, TrustKeys: trustKeys,
 		ControlKey: *controlKey, Root: *root, Prefix: *prefix, Faults: fl, TelemetryInterval: *interval, RequestsPerSecond: *rate,
 		Seed: *seed, TelemetryBudget: *simBudget, Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lvl}))})
 }

@@ -119,6 +119,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	publicURL := fs.String("public-url", "", "this control plane's URL as devices reach it, written into enrollment tokens (default http://HTTP-ADDRESS)")
 	deviceBroker := fs.String("device-broker", "", "broker URL handed to enrolled devices (default the embedded broker's or --broker)")
 	telemetryStore := fs.String("telemetry-store", "", "keep telemetry history in PostgreSQL, shared by replicas: postgres://USER@HOST:PORT/DATABASE (password in PGPASSWORD or ~/.pgpass; default: the main store)")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiler (net/http/pprof) on this address, e.g. 127.0.0.1:6060 (off by default; no authentication, keep it on loopback)")
 	mosquittoDir := fs.String("mosquitto-dir", "", "keep a Mosquitto password file and ACL for the enrolled devices in this folder, rewritten on every enrollment and revocation")
 	storeKind := fs.String("store", "bbolt", "metadata store: bbolt (DATA/controlplane.db, one process) or etcd (several replicas; see --etcd-endpoints)")
 	etcdEndpoints := fs.String("etcd-endpoints", "", "with --store etcd: client URLs of the etcd members, comma-separated (http://10.0.0.1:2379,...)")
@@ -135,6 +136,11 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log, err := newLogger(stderr, *logLevel)
 	if err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		if err := startPprof(*pprofAddr, log); err != nil {
+			return fmt.Errorf("--pprof %s: %w", *pprofAddr, err)
+		}
 	}
 	cfg := controlplane.Config{
 		DataDir: *data, HTTPAddr: *httpAddr, MQTTListen: *mqttListen, Prefix: *prefix,

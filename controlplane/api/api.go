@@ -154,8 +154,34 @@ func (h *handlers) listDevices(c *gin.Context) {
 		}
 		f.Online = &b
 	}
+	var offset, limit int
+	for _, p := range []struct {
+		name string
+		v    *int
+	}{{"offset", &offset}, {"limit", &limit}} {
+		if v := c.Query(p.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				fail(c, http.StatusBadRequest, "bad_request", p.name+" must be a whole number, 0 or more")
+				return
+			}
+			*p.v = n
+		}
+	}
+	if pager, ok := h.cfg.Registry.(interface {
+		Page(fleet.Filter, int, int) ([]fleet.Device, int)
+	}); ok {
+		devs, total := pager.Page(f, offset, limit)
+		c.JSON(http.StatusOK, gin.H{"devices": devs, "count": len(devs), "total": total})
+		return
+	}
 	devs := h.cfg.Registry.List(f)
-	c.JSON(http.StatusOK, gin.H{"devices": devs, "count": len(devs)})
+	total := len(devs)
+	devs = devs[min(offset, total):]
+	if limit > 0 && limit < len(devs) {
+		devs = devs[:limit]
+	}
+	c.JSON(http.StatusOK, gin.H{"devices": devs, "count": len(devs), "total": total})
 }
 
 func (h *handlers) getDevice(c *gin.Context) {

@@ -41,6 +41,8 @@ type Config struct {
 	allowAll bool
 }
 
+const clientWritesPending = 512
+
 // Broker is a running embedded broker.
 type Broker struct {
 	srv    *mqtt.Server
@@ -59,6 +61,16 @@ func Start(cfg Config) (*Broker, error) {
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = cfg.MaxPacketBytes
+	// mochi gives every client an outbound queue of MaximumClientWritesPending packet pointers
+	// (default 8,192: 64 KiB a client, most of what a connected device cost). A device gets
+	// little: its desired state, trust documents and bundle blocks (a carousel window is 16
+	// blocks), so 512 pending writes leave ample room and take 4 KiB. The 2 KiB read and write
+	// buffers are mochi's defaults, kept for the 64 KiB bundle blocks' sake.
+	caps.MaximumClientWritesPending = clientWritesPending
+	// mochi's default removes any retained message older than a day, whether or not it was
+	// replaced: a device's retained status, reported and desired state would vanish under a
+	// fleet that is simply stable. Retained state is replaced, never aged out.
+	caps.MaximumMessageExpiryInterval = 0
 	srv := mqtt.New(&mqtt.Options{
 		InlineClient: true,
 		Capabilities: caps,

@@ -88,8 +88,11 @@ type Registry struct {
 
 	mu      sync.RWMutex
 	devices map[string]*Device
-	dirty   map[string]bool
-	urgent  chan struct{}
+	// sorted holds the devices in id order (the list API's order), so a page of a large fleet
+	// is a walk without a sort; devices are only ever added.
+	sorted []*Device
+	dirty  map[string]bool
+	urgent chan struct{}
 
 	malformed atomic.Uint64
 	accepted  atomic.Uint64
@@ -114,6 +117,10 @@ func Open(ctx context.Context, st store.Store, topics wire.Topics, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("load registry: %w", err)
 	}
+	for _, d := range r.devices {
+		r.sorted = append(r.sorted, d)
+	}
+	sort.Slice(r.sorted, func(i, j int) bool { return r.sorted[i].ID < r.sorted[j].ID })
 	return r, nil
 }
 
@@ -318,6 +325,8 @@ func (r *Registry) ensure(id, group string, labels map[string]string) (*Device, 
 	now := r.now()
 	d := &Device{ID: id, Group: group, Labels: cleanLabels(labels), FirstSeen: now, LastSeen: now}
 	r.devices[id] = d
+	i := sort.Search(len(r.sorted), func(i int) bool { return r.sorted[i].ID >= id })
+	r.sorted = slices.Insert(r.sorted, i, d)
 	r.log.Info("device registered", "device", id, "group", group)
 	return d, true
 }
@@ -428,10 +437,19 @@ type Filter struct {
 
 // List returns copies of the matching devices, sorted by id.
 func (r *Registry) List(f Filter) []Device {
+	out, _ := r.Page(f, 0, 0)
+	return out
+}
+
+// Page returns copies of the matching devices sorted by id, from offset, at most limit of them
+// (0: all), and how many match in all. Only the page is copied, so a paged list of a large fleet
+// costs one walk of the id-ordered index.
+func (r *Registry) Page(f Filter, offset, limit int) ([]Device, int) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	out := make([]Device, 0, len(r.devices))
-	for _, d := range r.devices {
+	var match []*Device
+	total := 0
+	for _, d := range r.sorted {
 		if f.Group != "" && d.Group != f.Group {
 			continue
 		}
@@ -441,10 +459,16 @@ func (r *Registry) List(f Filter) []Device {
 		if f.Search != "" && !matches(d, f.Search) {
 			continue
 		}
-		out = append(out, copyDevice(d))
+		if total >= offset && (limit <= 0 || len(match) < limit) {
+			match = append(match, d)
+		}
+		total++
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
+	out := make([]Device, len(match))
+	for i, d := range match {
+		out[i] = copyDevice(d)
+	}
+	return out, total
 }
 
 func matches(d *Device, s string) bool {

@@ -291,3 +291,44 @@ func TestReportOfNewerSessionMeansOnline(t *testing.T) {
 		}
 	}
 }
+
+// TestPage: pages come in id order whatever the registration order, filters apply before
+// offset and limit, and total counts every match.
+func TestPage(t *testing.T) {
+	r := newRegistry(t, store.NewMemory())
+	for _, id := range []string{"dev-5", "dev-1", "dev-4", "dev-2", "dev-3", "dev-6"} {
+		g := "line-a"
+		if id == "dev-2" || id == "dev-5" {
+			g = "line-b"
+		}
+		r.HandleMessage(topics.Status(id), status("online", 1, g))
+	}
+	r.HandleMessage(topics.Status("dev-4"), status("offline", 1, ""))
+	online := true
+	cases := []struct {
+		name          string
+		f             Filter
+		offset, limit int
+		want          []string
+		total         int
+	}{
+		{"all", Filter{}, 0, 0, []string{"dev-1", "dev-2", "dev-3", "dev-4", "dev-5", "dev-6"}, 6},
+		{"first page", Filter{}, 0, 2, []string{"dev-1", "dev-2"}, 6},
+		{"second page", Filter{}, 2, 2, []string{"dev-3", "dev-4"}, 6},
+		{"past the end", Filter{}, 10, 2, nil, 6},
+		{"group", Filter{Group: "line-a"}, 1, 2, []string{"dev-3", "dev-4"}, 4},
+		{"group online", Filter{Group: "line-a", Online: &online}, 0, 10, []string{"dev-1", "dev-3", "dev-6"}, 3},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			devs, total := r.Page(c.f, c.offset, c.limit)
+			var got []string
+			for _, d := range devs {
+				got = append(got, d.ID)
+			}
+			if !reflect.DeepEqual(got, c.want) || total != c.total {
+				t.Fatalf("got %v total %d, want %v total %d", got, total, c.want, c.total)
+			}
+		})
+	}
+}

@@ -233,11 +233,16 @@ func (c *Controller) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	devs := c.deviceMap()
+	// The registry is copied only when a rollout is to be stepped: with none under way the
+	// reconcile ticker must not copy a fleet of ten thousand devices every second.
+	var devs map[string]fleet.Device
 	var errs []error
 	for _, r := range rs {
 		if !needsStep(r) {
 			continue
+		}
+		if devs == nil {
+			devs = c.deviceMap()
 		}
 		if err := c.step(ctx, r, devs); err != nil {
 			errs = append(errs, fmt.Errorf("rollout %s: %w", r.ID, err))
