@@ -12,6 +12,7 @@ import (
 	"github.com/edgefleet/edgefleet/internal/brokertest"
 	"github.com/edgefleet/edgefleet/internal/fleettest"
 	"github.com/edgefleet/edgefleet/internal/mqttc"
+	"github.com/edgefleet/edgefleet/telemetry"
 )
 
 // TestModelAwareGateCatchesBadRelease: a release that installs fine but is three times slower, or
@@ -80,6 +81,28 @@ func gateCatches(t *testing.T, fault, gate string, canary int, mosquitto bool) {
 			}
 			cp.Do("GET", fmt.Sprintf("/api/v1/devices/sim-%05d/telemetry?kind=inference&limit=1", i), nil, &body)
 			if len(body.Messages) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	// Each canary's own history on v1 must be long enough for the before/after gates (the control
+	// plane needs 200 requests of it), so that a canary is compared with itself too, not only with
+	// the baseline devices: in one simulator process devices' raw latencies differ by a factor of
+	// two (which sessions ran last), enough to blur a 3x slowdown against the baseline cohort.
+	fleettest.Eventually(t, 90*time.Second, "250 requests of history on v1 on every device", func() bool {
+		for i := 1; i <= n; i++ {
+			var body struct {
+				Messages []struct{ Body telemetry.InferenceWindow } `json:"messages"`
+			}
+			cp.Do("GET", fmt.Sprintf("/api/v1/devices/sim-%05d/telemetry?kind=inference&limit=500", i), nil, &body)
+			var reqs uint64
+			for _, m := range body.Messages {
+				if m.Body.Bundle == id1 {
+					reqs += m.Body.Requests
+				}
+			}
+			if reqs < 250 {
 				return false
 			}
 		}

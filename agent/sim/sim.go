@@ -144,6 +144,14 @@ func Run(ctx context.Context, cfg Config) error {
 	// smoke-tests, serves and releases it through its own lifecycle), and one traffic scheduler:
 	// per-device sessions and tickers are what kept a simulator to about a thousand devices.
 	sessions := newSessionCache()
+	// Small fleets keep a session per device: devices sharing one session measure each other's
+	// runs (10 baseline devices on one session ran at twice the latency of 2 canaries on another,
+	// which hid a simulated 3x slowdown from the latency gate), and the memory a session per
+	// device costs only matters from a few hundred devices on.
+	var open infer.SessionOpener
+	if cfg.Count >= sharedSessionsFrom {
+		open = sessions.open
+	}
 	tr := newTraffic(cfg.RequestsPerSecond, cfg.Seed)
 	wg.Add(1)
 	go func() { defer wg.Done(); tr.run(ctx) }()
@@ -157,7 +165,7 @@ func Run(ctx context.Context, cfg Config) error {
 			Labels: map[string]string{"simulated": "true"}, Prefix: cfg.Prefix, TelemetryInterval: cfg.TelemetryInterval,
 			Logger: cfg.Logger, TrustKeys: cfg.TrustKeys, ControlKey: cfg.ControlKey, Root: cfg.Root, Faults: faults,
 			StallTimeout: 60 * time.Second, SpoolNoSync: true, DrainRate: 50, TelemetryBudget: cfg.TelemetryBudget,
-			IntraOpThreads: 1, Serving: infer.LoadOptions{Concurrency: 1, Open: sessions.open},
+			IntraOpThreads: 1, Serving: infer.LoadOptions{Concurrency: 1, Open: open},
 		})
 		if err != nil {
 			return fmt.Errorf("device %s: %w", id, err)
@@ -297,6 +305,9 @@ type sharedSession struct {
 	sess *onnxrt.Session
 	refs int
 }
+
+// sharedSessionsFrom is the fleet size from which simulated devices share sessions per bundle.
+const sharedSessionsFrom = 200
 
 func newSessionCache() *sessionCache { return &sessionCache{m: map[sessionKey]*sharedSession{}} }
 
