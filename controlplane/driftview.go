@@ -37,39 +37,43 @@ type DriftView struct {
 
 var errNoReference = errors.New("the bundle has no drift reference (build it with --reference samples)")
 
-// Drift merges the inference windows of bundle from every device (of group, when given) since a
-// time, per group, and scores them against the bundle's reference.
-func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.Time) (DriftView, error) {
-	ref := c.reference(bundleID)
-	if ref == nil {
-		return DriftView{}, errNoReference
-	}
-	type acc struct {
-		devices       int
-		requests      uint64
-		sums          []drift.Summary
-		before, after telemetry.Accuracy
-	}
-	per := map[string]*acc{}
+// groupWindows sums a bundle's inference windows per group since a time (one group when group is
+// set): devices and requests seen, the drift summaries to merge, and accuracy in the earlier and the
+// recent half of the period (the concept-drift test compares them).
+type groupWindows struct {
+	devices       int
+	requests      uint64
+	sums          []drift.Summary
+	before, after telemetry.Accuracy
+}
+
+func (g *groupWindows) accuracy() telemetry.Accuracy {
+	return telemetry.Accuracy{Correct: g.before.Correct + g.after.Correct, Labeled: g.before.Labeled + g.after.Labeled}
+}
+
+func (c *cohorts) groupWindows(ctx context.Context, bundleID, group string, since time.Time) (map[string]*groupWindows, error) {
+	per := map[string]*groupWindows{}
 	mid := since.Add(time.Since(since) / 2)
 	for _, d := range c.reg.List(fleet.Filter{Group: group}) {
 		msgs, err := c.ing.Query(ctx, d.ID, telemetry.KindInference, since, 0)
 		if err != nil {
-			return DriftView{}, err
+			return nil, err
 		}
 		seen := false
 		for _, m := range msgs {
 			var w telemetry.InferenceWindow
-			if json.Unmarshal(m.Body, &w) != nil || w.Bundle != bundleID || w.Drift == nil {
+			if json.Unmarshal(m.Body, &w) != nil || w.Bundle != bundleID {
 				continue
 			}
 			a := per[d.Group]
 			if a == nil {
-				a = &acc{}
+				a = &groupWindows{}
 				per[d.Group] = a
 			}
 			a.requests += w.Requests
-			a.sums = append(a.sums, *w.Drift)
+			if w.Drift != nil {
+				a.sums = append(a.sums, *w.Drift)
+			}
 			half := &a.after
 			if w.End.Before(mid) {
 				half = &a.before
@@ -82,19 +86,44 @@ func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.
 			per[d.Group].devices++
 		}
 	}
+	return per, nil
+}
+
+// score merges a group's drift summaries and compares them with the bundle's reference.
+func score(ref *drift.Reference, group string, sums []drift.Summary) (drift.Report, error) {
+	merged, err := drift.Merge(sums...)
+	if err != nil {
+		return drift.Report{}, fmt.Errorf("merge drift of group %s: %w", group, err)
+	}
+	rep, err := drift.Compare(ref, merged, drift.Options{})
+	if err != nil {
+		return drift.Report{}, fmt.Errorf("score drift of group %s: %w", group, err)
+	}
+	return rep, nil
+}
+
+// Drift merges the inference windows of bundle from every device (of group, when given) since a
+// time, per group, and scores them against the bundle's reference.
+func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.Time) (DriftView, error) {
+	ref := c.reference(bundleID)
+	if ref == nil {
+		return DriftView{}, errNoReference
+	}
+	per, err := c.groupWindows(ctx, bundleID, group, since)
+	if err != nil {
+		return DriftView{}, err
+	}
 	v := DriftView{Bundle: bundleID, Since: since, Groups: []GroupDrift{}}
 	for g, a := range per {
-		merged, err := drift.Merge(a.sums...)
-		if err != nil {
-			return DriftView{}, fmt.Errorf("merge drift of group %s: %w", g, err)
+		if len(a.sums) == 0 {
+			continue
 		}
-		rep, err := drift.Compare(ref, merged, drift.Options{})
+		rep, err := score(ref, g, a.sums)
 		if err != nil {
-			return DriftView{}, fmt.Errorf("score drift of group %s: %w", g, err)
+			return DriftView{}, err
 		}
-		all := telemetry.Accuracy{Correct: a.before.Correct + a.after.Correct, Labeled: a.before.Labeled + a.after.Labeled}
 		v.Groups = append(v.Groups, GroupDrift{Group: g, Devices: a.devices, Requests: a.requests, Report: rep,
-			Accuracy: all, Concept: telemetry.DetectConceptDrift(a.before, a.after, rep.Drifted)})
+			Accuracy: a.accuracy(), Concept: telemetry.DetectConceptDrift(a.before, a.after, rep.Drifted)})
 	}
 	sort.Slice(v.Groups, func(i, j int) bool { return v.Groups[i].Group < v.Groups[j].Group })
 	return v, nil
@@ -105,49 +134,17 @@ func (c *cohorts) Drift(ctx context.Context, bundleID, group string, since time.
 // concept-drift test of the earlier half of the period against the recent half.
 func (c *cohorts) Assess(ctx context.Context, bundleID string, since time.Time) ([]retrain.Assessment, error) {
 	ref := c.reference(bundleID)
-	mid := since.Add(time.Since(since) / 2)
-	type acc struct {
-		sums          []drift.Summary
-		before, after telemetry.Accuracy
-	}
-	per := map[string]*acc{}
-	for _, d := range c.reg.List(fleet.Filter{}) {
-		msgs, err := c.ing.Query(ctx, d.ID, telemetry.KindInference, since, 0)
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			var w telemetry.InferenceWindow
-			if json.Unmarshal(m.Body, &w) != nil || w.Bundle != bundleID {
-				continue
-			}
-			a := per[d.Group]
-			if a == nil {
-				a = &acc{}
-				per[d.Group] = a
-			}
-			if w.Drift != nil {
-				a.sums = append(a.sums, *w.Drift)
-			}
-			half := &a.after
-			if w.End.Before(mid) {
-				half = &a.before
-			}
-			half.Correct += w.Correct
-			half.Labeled += w.Labeled
-		}
+	per, err := c.groupWindows(ctx, bundleID, "", since)
+	if err != nil {
+		return nil, err
 	}
 	var out []retrain.Assessment
 	for g, a := range per {
-		as := retrain.Assessment{Group: g, Accuracy: telemetry.Accuracy{Correct: a.before.Correct + a.after.Correct, Labeled: a.before.Labeled + a.after.Labeled}}
+		as := retrain.Assessment{Group: g, Accuracy: a.accuracy()}
 		if ref != nil && len(a.sums) > 0 {
-			merged, err := drift.Merge(a.sums...)
+			rep, err := score(ref, g, a.sums)
 			if err != nil {
-				return nil, fmt.Errorf("merge drift of group %s: %w", g, err)
-			}
-			rep, err := drift.Compare(ref, merged, drift.Options{})
-			if err != nil {
-				return nil, fmt.Errorf("score drift of group %s: %w", g, err)
+				return nil, err
 			}
 			as.Drifted = rep.Drifted
 			as.Scores = map[string]any{"max_psi": rep.MaxPSI, "max_js": rep.MaxJS, "max_ks": rep.MaxKS, "drifted_features": rep.DriftedFeatures}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/api"
@@ -45,14 +44,11 @@ func (f rolloutFleet) Incompatible(ctx context.Context, bundleID string, d fleet
 	}
 	// The production stage is checked for the whole rollout by the controller, with its own error.
 	_, _, err = f.ds.pickVariant(ctx, d, rec, false)
-	switch {
-	case errors.Is(err, api.ErrIncompatible), errors.Is(err, api.ErrNoVariant):
-		_, why, _ := strings.Cut(err.Error(), d.ID+": ")
-		return why, nil
-	case err != nil:
-		return "", err
+	var unfit *unfitError
+	if errors.As(err, &unfit) {
+		return unfit.why, nil
 	}
-	return "", nil
+	return "", err
 }
 
 // Variants lists the ids of every variant of the bundle's model version.

@@ -66,13 +66,25 @@ func (s *desiredService) pickVariant(ctx context.Context, d fleet.Device, rec bu
 	}
 	if len(fits) == 0 {
 		if len(vs) == 1 {
-			return bundles.Record{}, nil, fmt.Errorf("%w: %s: %s", api.ErrIncompatible, d.ID, strings.TrimPrefix(why[0], label(rec)+": "))
+			return bundles.Record{}, nil, &unfitError{kind: api.ErrIncompatible, device: d.ID, why: strings.TrimPrefix(why[0], label(rec)+": ")}
 		}
-		return bundles.Record{}, nil, fmt.Errorf("%w: %s: no variant of %s@%s fits (%s)", api.ErrNoVariant, d.ID, rec.Name, rec.Version, strings.Join(why, "; "))
+		return bundles.Record{}, nil, &unfitError{kind: api.ErrNoVariant, device: d.ID,
+			why: fmt.Sprintf("no variant of %s@%s fits (%s)", rec.Name, rec.Version, strings.Join(why, "; "))}
 	}
 	c := chooseVariant(d, rec.ID, fits)
 	return c.rec, c.m, nil
 }
+
+// unfitError says why a device can run no variant of a bundle; it matches api.ErrIncompatible
+// (one variant) or api.ErrNoVariant (several).
+type unfitError struct {
+	kind   error
+	device string
+	why    string
+}
+
+func (e *unfitError) Error() string { return fmt.Sprintf("%v: %s: %s", e.kind, e.device, e.why) }
+func (e *unfitError) Unwrap() error { return e.kind }
 
 // chooseVariant applies the preference order above to variants the device can run.
 func chooseVariant(d fleet.Device, named string, fits []candidate) candidate {
