@@ -157,7 +157,7 @@ func TestRolloutSurvivesLeaderStop(t *testing.T) {
 
 	spec := `{"bundle": "wake@2.0.0", "target": {"groups": ["line-a"]},
 	  "stages": [{"devices": 2, "bake": "15s"}, {"percent": 100, "bake": "2s"}],
-	  "gates": {"min_samples": 1, "evaluations": 1}}`
+	  "gates": {"min_samples": 1, "evaluations": 1, "p95_latency_max_ratio": 50}}`
 	var out struct{ ID string }
 	if code, body := a.Do("POST", "/api/v1/rollouts", strings.NewReader(spec), &out); code != 201 {
 		t.Fatalf("create: %d %s", code, body)

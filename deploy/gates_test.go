@@ -13,6 +13,13 @@ func lat(rng *rand.Rand, n int, factor float64) []float64 {
 	return out
 }
 
+func scaled(v []float64, by float64) []float64 {
+	for i := range v {
+		v[i] *= by
+	}
+	return v
+}
+
 func gate(rs []GateResult, name string) GateResult {
 	for _, r := range rs {
 		if r.Gate == name {
@@ -60,6 +67,15 @@ func TestModelGates(t *testing.T) {
 		{"latency waits below min samples", Gates{}, Metrics{
 			Canary:   Cohort{Devices: 1, Window: Window{LatenciesMS: lat(rng, 100, 3)}},
 			Baseline: Cohort{Devices: 1, Window: Window{LatenciesMS: lat(rng, 500, 1)}}}, "latency", Wait},
+		{"sub-millisecond 1.6x slowdown within the floor passes", few, Metrics{
+			Canary:   Cohort{Devices: 1, Window: Window{LatenciesMS: scaled(lat(rng, 500, 1.6), 0.01)}},
+			Baseline: Cohort{Devices: 1, Window: Window{LatenciesMS: scaled(lat(rng, 500, 1), 0.01)}}}, "latency", Pass},
+		{"sub-millisecond 1.6x slowdown fails with no floor", Gates{MinSamples: &ten, P95LatencyFloorMS: new(0.0)}, Metrics{
+			Canary:   Cohort{Devices: 1, Window: Window{LatenciesMS: scaled(lat(rng, 500, 1.6), 0.01)}},
+			Baseline: Cohort{Devices: 1, Window: Window{LatenciesMS: scaled(lat(rng, 500, 1), 0.01)}}}, "latency", Fail},
+		{"histogram p95 within the floor passes", Gates{}, Metrics{
+			Canary:   Cohort{Devices: 1, Window: Window{Requests: 500, P95MS: 0.9}},
+			Baseline: Cohort{Devices: 1, Window: Window{Requests: 500, P95MS: 0.3}}}, "latency", Pass},
 		{"histogram p95 only", Gates{}, Metrics{
 			Canary:   Cohort{Devices: 1, Window: Window{Requests: 500, P95MS: 90}},
 			Baseline: Cohort{Devices: 1, Window: Window{Requests: 500, P95MS: 30}}}, "latency", Fail},

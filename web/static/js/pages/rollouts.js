@@ -45,6 +45,7 @@ const GATES = [
   { key: 'install_success_min', label: 'Install success min', hint: '0–1, e.g. 0.95', min: 0, max: 1 },
   { key: 'error_rate_max_diff', label: 'Error rate max diff', hint: '0–1, canary − baseline', min: 0, max: 1 },
   { key: 'p95_latency_max_ratio', label: 'p95 latency max ratio', hint: '≥ 1, e.g. 1.5', min: 1 },
+  { key: 'p95_latency_floor_ms', label: 'p95 latency floor (ms)', hint: '≥ 0; increases up to this never fail, default 1', min: 0 },
   { key: 'output_shift_max', label: 'Output shift max', hint: '0–1', min: 0, max: 1 },
   { key: 'min_samples', label: 'Min samples', hint: 'integer ≥ 1', min: 1, int: true },
   { key: 'evaluations', label: 'Evaluations per stage', hint: 'integer ≥ 1', min: 1, int: true },
