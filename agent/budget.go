@@ -38,7 +38,7 @@ func (a *Agent) openBudget(now time.Time) error {
 // telemetryOverhead is what a telemetry message costs beyond its body: the envelope with a large
 // sequence number, the longest kind's topic, and the MQTT fixed header, packet id and topic length.
 func (a *Agent) telemetryOverhead(now time.Time) int {
-	env, _ := json.Marshal(wire.Telemetry{Device: a.cfg.ID, Seq: 1 << 40, Kind: telemetry.KindInference, At: now.UTC(), Body: json.RawMessage("{}")})
+	env, _ := json.Marshal(wire.Telemetry{Device: a.cfg.ID, Seq: 1 << 40, Session: 1 << 20, Kind: telemetry.KindInference, At: now.UTC(), Body: json.RawMessage("{}")})
 	return len(env) - 2 + len(a.topics.Telemetry(a.cfg.ID, telemetry.KindInference)) + 2 + 2 + 5
 }
 

@@ -86,11 +86,11 @@ func (a *Agent) drainLoop(ctx context.Context) {
 		}
 		d := spool.Drainer{Spool: a.spool, Rate: a.cfg.DrainRate, ResendAfter: 10 * time.Second, IdleWait: true,
 			Send: func(ctx context.Context, e spool.Entry) error {
-				c, _ := a.current()
+				c, session := a.current()
 				if c == nil {
 					return errors.New("not connected")
 				}
-				m := wire.Telemetry{Device: a.cfg.ID, Seq: e.LastSeq, Kind: e.Kind, At: e.WindowEnd, Body: e.Body}
+				m := wire.Telemetry{Device: a.cfg.ID, Seq: e.LastSeq, Session: session, Kind: e.Kind, At: e.WindowEnd, Body: e.Body}
 				if e.Merged() {
 					for _, r := range e.Seqs {
 						m.Covers = append(m.Covers, [2]uint64{r.First, r.Last})

@@ -3,6 +3,7 @@ package deploy
 import (
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/edgefleet/edgefleet/deploy/stats"
 )
@@ -24,6 +25,11 @@ type Gates struct {
 	// rounded up. Failing it pauses (whatever OnFailure says): offline devices are rarely the
 	// bundle's fault, so a person decides.
 	OfflineMax *int `json:"offline_max,omitempty"`
+	// OfflineGrace: how long a wave device must have been offline before it counts against
+	// OfflineMax. Default 2m: losing one node of a clustered broker, or a site's uplink for a
+	// minute, drops devices for seconds to a minute, which is no reason to stop a rollout. An
+	// extension of INTERFACE.md's list.
+	OfflineGrace *Duration `json:"offline_grace,omitempty"`
 	// ErrorRateMaxDiff: canary minus baseline inference error rate, absolute. Default 0.01.
 	ErrorRateMaxDiff *float64 `json:"error_rate_max_diff,omitempty"`
 	// P95LatencyMaxRatio: canary p95 / baseline p95, with a one-sided Mann-Whitney U test.
@@ -57,6 +63,7 @@ type Gates struct {
 // Defaults of the gates, documented on the fields of Gates.
 const (
 	DefaultInstallSuccessMin  = 0.95
+	DefaultOfflineGrace       = 2 * time.Minute
 	DefaultErrorRateMaxDiff   = 0.01
 	DefaultP95LatencyMaxRatio = 1.5
 	DefaultP95LatencyFloorMS  = 1.0
@@ -78,6 +85,9 @@ func (g Gates) Merge(o Gates) Gates {
 	}
 	if o.OfflineMax != nil {
 		g.OfflineMax = o.OfflineMax
+	}
+	if o.OfflineGrace != nil {
+		g.OfflineGrace = o.OfflineGrace
 	}
 	if o.ErrorRateMaxDiff != nil {
 		g.ErrorRateMaxDiff = o.ErrorRateMaxDiff
@@ -122,6 +132,9 @@ func (g Gates) validate(field string) error {
 	if v := g.OfflineMax; v != nil && *v < 0 {
 		return bad("offline_max", "%d is negative", *v)
 	}
+	if v := g.OfflineGrace; v != nil && *v < 0 {
+		return bad("offline_grace", "%v is negative", time.Duration(*v))
+	}
 	if v := g.ErrorRateMaxDiff; v != nil && (*v < 0 || *v > 1) {
 		return bad("error_rate_max_diff", "%v is outside [0, 1]", *v)
 	}
@@ -157,6 +170,7 @@ type limits struct {
 	installSuccessMin  float64
 	stallMax           int // -1: no count limit
 	offlineMax         int // -1: 10% of the wave
+	offlineGrace       time.Duration
 	errorRateMaxDiff   float64
 	p95LatencyMaxRatio float64
 	p95LatencyFloorMS  float64
@@ -175,6 +189,13 @@ func orF(p *float64, d float64) float64 {
 	return *p
 }
 
+func orD(p *Duration, d time.Duration) time.Duration {
+	if p == nil {
+		return d
+	}
+	return time.Duration(*p)
+}
+
 func orI(p *int, d int) int {
 	if p == nil {
 		return d
@@ -187,6 +208,7 @@ func (g Gates) limits() limits {
 		installSuccessMin:  orF(g.InstallSuccessMin, DefaultInstallSuccessMin),
 		stallMax:           orI(g.StallMax, -1),
 		offlineMax:         orI(g.OfflineMax, -1),
+		offlineGrace:       orD(g.OfflineGrace, DefaultOfflineGrace),
 		errorRateMaxDiff:   orF(g.ErrorRateMaxDiff, DefaultErrorRateMaxDiff),
 		p95LatencyMaxRatio: orF(g.P95LatencyMaxRatio, DefaultP95LatencyMaxRatio),
 		p95LatencyFloorMS:  orF(g.P95LatencyFloorMS, DefaultP95LatencyFloorMS),

@@ -45,6 +45,7 @@ type simDevice struct {
 	bundle  string
 	install InstallState
 	online  bool
+	gone    time.Time // when it went offline; zero: unknown
 	fails   bool
 	at      time.Time
 }
@@ -191,6 +192,11 @@ func (s *sim) observe(r *Rollout) Observation {
 	for _, id := range s.ids {
 		d := s.devs[id]
 		obs.Devices[id] = DeviceState{Online: d.online, Bundle: d.bundle, Install: d.install, SwitchedAt: d.at}
+		if !d.online {
+			st := obs.Devices[id]
+			st.OfflineSince = d.gone
+			obs.Devices[id] = st
+		}
 	}
 	q := r.Cohorts()
 	if q.Since.IsZero() || len(q.Canary) == 0 || !s.lookDue(r) {

@@ -63,6 +63,8 @@ const (
 // DeviceState is the registry's view of one device.
 type DeviceState struct {
 	Online bool `json:"online"`
+	// OfflineSince is when an offline device went away (zero: unknown, counted as long gone).
+	OfflineSince time.Time `json:"offline_since,omitzero"`
 	// Bundle is the bundle active for the rollout's model.
 	Bundle string `json:"bundle"`
 	// Install is the agent's report on the bundle this rollout assigned.
@@ -155,15 +157,18 @@ type waveStats struct {
 	total, planned, inFlight, installed, failed, stalled, offline, offlineInFlight int
 }
 
-func (r *Rollout) wave(obs Observation) waveStats {
+// wave counts the stage's devices; an offline device counts against offline_max only once it has
+// been away longer than grace.
+func (r *Rollout) wave(now time.Time, obs Observation, grace time.Duration) waveStats {
 	var w waveStats
 	for _, d := range r.Devices[:r.Sizes[r.Stage]] {
 		if d.Status == StatusExcluded || d.Status == StatusRollingBack || d.Status == StatusRolledBack {
 			continue
 		}
 		w.total++
-		online := obs.Devices[d.Device].Online
-		if d.touched() && !online {
+		ds := obs.Devices[d.Device]
+		online := ds.Online
+		if d.touched() && !online && (ds.OfflineSince.IsZero() || now.Sub(ds.OfflineSince) >= grace) {
 			w.offline++
 		}
 		switch d.Status {
@@ -225,7 +230,7 @@ func (r *Rollout) stepRunning(now time.Time, obs Observation) (acts []Action, ad
 	l := r.Spec.StageGates(s).limits()
 	prog := &r.Stages[s]
 
-	w := r.wave(obs)
+	w := r.wave(now, obs, l.offlineGrace)
 	if failed := r.installGates(w, l); len(failed) > 0 {
 		return r.fail(now, failed), false
 	}
@@ -233,7 +238,7 @@ func (r *Rollout) stepRunning(now time.Time, obs Observation) (acts []Action, ad
 	if w.planned > 0 {
 		a := r.assign(now, obs)
 		acts = append(acts, a...)
-		w = r.wave(obs)
+		w = r.wave(now, obs, l.offlineGrace)
 	}
 	// A wave whose every device is offline mid-install has nothing to judge yet: wait for them
 	// (offline_max bounds how many may be away) rather than read 0 of 0 as a failure.

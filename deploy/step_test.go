@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -471,5 +472,58 @@ func TestOfflineCanaryWaits(t *testing.T) {
 		if r.State != Running || lastDecision(r).Action != ActWait {
 			t.Fatalf("state %s, %+v: an offline canary must be waited for", r.State, lastDecision(r))
 		}
+	}
+}
+
+// TestOfflineGrace: an installed canary that drops off the broker counts against offline_max only
+// after offline_grace; a blip of seconds (one broker node lost, a site's uplink flapping) does
+// not pause the rollout.
+func TestOfflineGrace(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		grace *Duration
+		away  time.Duration
+		pause bool
+	}{
+		{"30s away under the default grace runs on", nil, 30 * time.Second, false},
+		{"3m away past the default grace pauses", nil, 3 * time.Minute, true},
+		{"no grace pauses at once", new(Duration(0)), 10 * time.Second, true},
+		{"5m grace keeps 3m away running", new(Duration(5 * time.Minute)), 3 * time.Minute, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newSim(15, 4, 2, 10)
+			spec := testSpec()
+			spec.Stages[0] = Stage{Devices: 4, Bake: Duration(time.Hour)}
+			zero := 0
+			spec.Gates.OfflineMax = &zero
+			spec.Gates.OfflineGrace = c.grace
+			r := newRollout(t, s, spec)
+			for i := 0; r.Devices[0].Status != StatusInstalled; i++ {
+				if i > 10 {
+					t.Fatalf("canary never installed: %+v", lastDecision(r))
+				}
+				acts, err := Step(s.now, r, s.observe(r))
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.apply(acts)
+				s.now = s.now.Add(time.Second)
+			}
+			d := s.devs[r.Devices[0].Device]
+			d.online, d.gone = false, s.now
+			for end := s.now.Add(c.away); !s.now.After(end); s.now = s.now.Add(10 * time.Second) {
+				acts, err := Step(s.now, r, s.observe(r))
+				if err != nil {
+					t.Fatal(err)
+				}
+				s.apply(acts)
+			}
+			if got := r.State == Paused; got != c.pause {
+				t.Fatalf("state %s after %s away (last decision %+v), want paused=%v", r.State, c.away, lastDecision(r), c.pause)
+			}
+			if c.pause && !strings.Contains(lastDecision(r).Reason, "offline") {
+				t.Fatalf("paused, but not by the offline gate: %+v", lastDecision(r))
+			}
+		})
 	}
 }

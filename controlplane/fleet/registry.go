@@ -417,6 +417,15 @@ func (r *Registry) applyTelemetry(id string, m wire.Telemetry) error {
 	d, created := r.ensure(id, "", nil)
 	now := r.now()
 	d.LastSeen = now
+	// As for reports: only a strictly newer session proves a new connection; telemetry of the
+	// current session may be a late delivery from before the device's Last Will.
+	if m.Session > d.Session {
+		if !d.Online {
+			d.StatusAt = now
+		}
+		d.Online, d.Session = true, m.Session
+		created = true // presence changed: flush now
+	}
 	if h != nil {
 		d.Health, d.HealthAt = h, now
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgefleet/edgefleet/controlplane/store"
 	"github.com/edgefleet/edgefleet/internal/wire"
+	"github.com/edgefleet/edgefleet/telemetry"
 )
 
 var topics = wire.NewTopics("")
@@ -262,6 +263,10 @@ func TestReportOfNewerSessionMeansOnline(t *testing.T) {
 		b, _ := json.Marshal(wire.Reported{Device: "dev-1", Session: session, Models: map[string]wire.ModelReport{}})
 		return b
 	}
+	tel := func(session uint64) []byte {
+		b, _ := json.Marshal(wire.Telemetry{Device: "dev-1", Seq: 9, Session: session, Kind: telemetry.KindHealth, Body: json.RawMessage(`{}`)})
+		return b
+	}
 	cases := []struct {
 		name   string
 		msgs   [][2]string // topic kind, payload
@@ -274,13 +279,22 @@ func TestReportOfNewerSessionMeansOnline(t *testing.T) {
 			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"reported", string(rep(4))}}, true},
 		{"offline of session 5 after a report of session 5", [][2]string{
 			{"reported", string(rep(5))}, {"status", string(status("offline", 5, ""))}}, false},
+		{"Will of session 3, then telemetry of session 4 (status 4 lost)", [][2]string{
+			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"telemetry", string(tel(4))}}, true},
+		{"Will of session 3, then telemetry of session 3 delivered late", [][2]string{
+			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"telemetry", string(tel(3))}}, false},
+		{"Will of session 3, then telemetry of an agent that stamps no session", [][2]string{
+			{"status", string(status("online", 3, ""))}, {"status", string(status("offline", 3, ""))}, {"telemetry", string(tel(0))}}, false},
 	}
 	for _, c := range cases {
 		r := newRegistry(t, store.NewMemory())
 		for _, m := range c.msgs {
 			topic := topics.Status("dev-1")
-			if m[0] == "reported" {
+			switch m[0] {
+			case "reported":
 				topic = topics.Reported("dev-1")
+			case "telemetry":
+				topic = topics.Telemetry("dev-1", telemetry.KindHealth)
 			}
 			if err := r.HandleMessage(topic, []byte(m[1])); err != nil {
 				t.Fatalf("%s: %v", c.name, err)

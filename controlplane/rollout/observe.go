@@ -37,6 +37,9 @@ func observe(r *deploy.Rollout, devs map[string]fleet.Device, variants map[strin
 			continue // deregistered: unknown, not online
 		}
 		st := deploy.DeviceState{Online: d.Online}
+		if !d.Online {
+			st.OfflineSince = d.StatusAt
+		}
 		if d.Reported != nil {
 			if m, ok := d.Reported.Models[model]; ok {
 				st.Bundle = m.Active

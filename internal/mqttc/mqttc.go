@@ -1,5 +1,5 @@
 // Package mqttc builds paho MQTT client options shared by the agent and the control plane: broker
-// URLs (several, tried in order for fail-over), TLS with a private CA and client certificates,
+// URLs (several, tried in turn for fail-over, each client starting at its own), TLS with a private CA and client certificates,
 // and credentials. It holds no connection logic of its own.
 package mqttc
 
@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"hash/fnv"
 	"net/url"
 	"os"
 	"strings"
@@ -17,7 +18,10 @@ import (
 
 // Config is how to reach a broker.
 type Config struct {
-	// URLs like mqtt://host:1883 or mqtts://host:8883; several are tried in order.
+	// URLs like mqtt://host:1883 or mqtts://host:8883. Several are the nodes of one cluster: a
+	// client tries them in turn, starting at the one its ClientID picks (Ordered), so a fleet
+	// spreads over the nodes instead of all landing on the first, and losing that node does not
+	// drop every device at once.
 	URLs     []string
 	ClientID string
 	Username string
@@ -55,6 +59,19 @@ func ParseURLs(s string) ([]string, error) {
 	return out, nil
 }
 
+// Ordered returns URLs rotated to start at the node the client id hashes to: the same client
+// always prefers the same node (its persistent session lives there first), different clients
+// spread evenly, and the rest follow in the configured order for fail-over.
+func (c Config) Ordered() []string {
+	if len(c.URLs) < 2 || c.ClientID == "" {
+		return c.URLs
+	}
+	h := fnv.New32a()
+	h.Write([]byte(c.ClientID))
+	start := int(h.Sum32() % uint32(len(c.URLs)))
+	return append(append([]string(nil), c.URLs[start:]...), c.URLs[:start]...)
+}
+
 // TLS returns the TLS configuration, or nil when no TLS file is set.
 func (c Config) TLS() (*tls.Config, error) {
 	if c.CAFile == "" && c.CertFile == "" && !c.InsecureSkipVerify {
@@ -89,10 +106,14 @@ func (c Config) Options() (*paho.ClientOptions, error) {
 		return nil, fmt.Errorf("no broker URL given")
 	}
 	o := paho.NewClientOptions()
-	for _, u := range c.URLs {
+	for _, u := range c.Ordered() {
 		o.AddBroker(u)
 	}
 	o.SetClientID(c.ClientID)
+	// MQTT 3.1.1 only: left at 0, paho falls back to 3.1 ("MQIsdp") after any refused CONNECT,
+	// which brokers such as NATS reject outright, doubling the connection attempts in a
+	// reconnection storm.
+	o.SetProtocolVersion(4)
 	if c.Username != "" {
 		o.SetUsername(c.Username)
 		o.SetPassword(c.Password)

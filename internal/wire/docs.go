@@ -95,6 +95,11 @@ type ModelReport struct {
 type Telemetry struct {
 	Device string `json:"device"`
 	Seq    uint64 `json:"seq"`
+	// Session is the agent's connection session when it sent the message (not when it made
+	// it): a message of a newer session than the control plane has seen proves the device is
+	// connected again even when its retained online status was lost, which a clustered broker
+	// losing a node can do.
+	Session uint64 `json:"session,omitempty"`
 	// FirstSeq, when set, means this message accounts for every sequence number from FirstSeq to
 	// Seq: the spool merged older windows into it.
 	FirstSeq uint64 `json:"first_seq,omitempty"`
