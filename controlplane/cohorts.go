@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"sync"
@@ -30,6 +29,9 @@ type cohorts struct {
 	// release names a bundle's model version (kind/name@version), so that variants of one version
 	// count as the same bundle; nil compares ids.
 	release func(bundleID string) string
+
+	// wins keeps decoded windows between reconciles (nil: every read decodes from the store).
+	wins *windowCache
 
 	mu       sync.Mutex
 	refs     map[string]*drift.Reference // bundle id -> reference (nil: none)
@@ -64,20 +66,13 @@ func (c *cohorts) rel(id string) string {
 	return r
 }
 
-// windows returns a device's inference windows of a model since a time.
+// windows returns a device's inference windows of a model since a time, from the window cache
+// when there is one.
 func (c *cohorts) windows(ctx context.Context, device, model string, since time.Time) []telemetry.InferenceWindow {
-	msgs, err := c.ing.Query(ctx, device, telemetry.KindInference, since, 0)
-	if err != nil {
-		return nil
+	if c.wins != nil {
+		return c.wins.windows(ctx, device, model, since)
 	}
-	var out []telemetry.InferenceWindow
-	for _, m := range msgs {
-		var w telemetry.InferenceWindow
-		if json.Unmarshal(m.Body, &w) == nil && w.Model == model && !w.End.Before(since) {
-			out = append(out, w)
-		}
-	}
-	return out
+	return uncachedWindows(ctx, c.ing, device, model, since)
 }
 
 func (c *cohorts) reference(bundleID string) *drift.Reference {

@@ -75,6 +75,9 @@ func New(st store.Store, publish Publisher, topics wire.Topics, retention time.D
 		maxBatch: 512, kick: make(chan struct{}, 1), seqs: map[string]*deviceSeq{}}
 }
 
+// Retention is how long messages are kept: Prune deletes older ones.
+func (in *Ingest) Retention() time.Duration { return in.retention }
+
 // SharedStore tells the pipeline that other control planes write the same telemetry store (the
 // PostgreSQL telemetry store of a replica set): a device's shard may have moved away and back
 // since this process last saw it, so its accounting is read from the store in every batch (one
