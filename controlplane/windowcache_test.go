@@ -259,3 +259,57 @@ func TestWindowCacheConcurrentReconciles(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkCohortMetrics is one rollout reconcile over 1,000 devices (50 canaries, 950 baseline)
+// with an hour of one-minute inference windows each, cached and uncached in the same run. Between
+// reconciles (untimed) a tenth of the devices commit one new window, as a live fleet does.
+//
+//	go test -run '^$' -bench CohortMetrics -benchtime 20x -benchmem ./controlplane/
+func BenchmarkCohortMetrics(b *testing.B) {
+	r := newGateRig(b)
+	t0 := time.Now().Add(-70 * time.Minute).Truncate(time.Minute)
+	var canary, baseline []string
+	for i := range 1000 {
+		d := fmt.Sprintf("dev-%04d", i)
+		bundle := "old"
+		if i < 50 {
+			canary = append(canary, d)
+			bundle = "new"
+			r.windows(d, "old", t0, 40, 100)
+			r.windows(d, "new", t0.Add(40*time.Minute), 20, 100)
+		} else {
+			baseline = append(baseline, d)
+			r.windows(d, "old", t0, 60, 100)
+		}
+		r.serve(d, bundle)
+	}
+	r.flush()
+	since := t0.Add(40 * time.Minute) // the stage began when the canaries switched
+	for _, bc := range []struct {
+		name string
+		c    *cohorts
+	}{{"uncached", r.plain}, {"cached", r.cached}} {
+		b.Run(bc.name, func(b *testing.B) {
+			next := 0
+			for b.Loop() {
+				b.StopTimer()
+				for range 100 {
+					d := fmt.Sprintf("dev-%04d", next%1000)
+					next++
+					at := t0.Add(60*time.Minute + time.Duration(next)*time.Second)
+					bundle := "old"
+					if next%1000 < 50 {
+						bundle = "new"
+					}
+					r.send(wire.Telemetry{Device: d, At: at, Body: body("m", bundle, at, 100, 5*time.Millisecond)})
+				}
+				r.flush()
+				b.StartTimer()
+				m, err := bc.c.CohortMetrics(r.ctx, "m", canary, baseline, since)
+				if err != nil || m.Canary.Requests == 0 || m.Baseline.Requests == 0 {
+					b.Fatalf("metrics %+v, %v", m.Canary.Window.Requests, err)
+				}
+			}
+		})
+	}
+}
