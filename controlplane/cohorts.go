@@ -112,7 +112,7 @@ type agg struct {
 	devices  int
 	requests int64
 	errors   int64
-	lat      hist.Snapshot
+	lat      hist.Sum // summed in place: Merge would allocate a snapshot per window
 	drifts   []drift.Summary
 	bundle   string
 	correct  int64
@@ -124,10 +124,10 @@ func (a *agg) add(w telemetry.InferenceWindow) {
 	a.errors += int64(w.Errors)
 	a.correct += int64(w.Correct)
 	a.labeled += int64(w.Labeled)
-	if a.lat.Count == 0 {
-		a.lat = w.Latency
-	} else if m, err := a.lat.Merge(w.Latency); err == nil {
-		a.lat = m
+	if a.lat.Count() == 0 {
+		a.lat.Set(w.Latency)
+	} else {
+		_ = a.lat.Add(w.Latency) // a window of another histogram layout is left out, as Merge would
 	}
 	if w.Drift != nil {
 		a.drifts = append(a.drifts, *w.Drift)
@@ -136,8 +136,9 @@ func (a *agg) add(w telemetry.InferenceWindow) {
 }
 
 func (a *agg) window() deploy.Window {
-	return deploy.Window{Requests: a.requests, Errors: a.errors, LatenciesMS: latencySamples(a.lat),
-		P95MS: float64(a.lat.Quantile(0.95)) / float64(time.Millisecond)}
+	lat := a.lat.Snapshot()
+	return deploy.Window{Requests: a.requests, Errors: a.errors, LatenciesMS: latencySamples(lat),
+		P95MS: float64(lat.Quantile(0.95)) / float64(time.Millisecond)}
 }
 
 // scores compares the cohort's merged feature distributions with the bundle's reference:

@@ -219,16 +219,26 @@ func (wc *windowCache) refresh(ctx context.Context, device string, d *deviceWind
 // match returns the held windows of a model since a time as the uncached read orders them
 // (by time received).
 func (d *deviceWindows) match(model string, since time.Time) []telemetry.InferenceWindow {
-	var hs []heldWindow
-	for _, h := range d.ws {
+	var idx []int
+	sorted := true
+	for i := range d.ws {
+		h := &d.ws[i]
 		if h.w.Model == model && !h.at.Before(since) && !h.w.End.Before(since) {
-			hs = append(hs, h)
+			if len(idx) > 0 && h.at.Before(d.ws[idx[len(idx)-1]].at) {
+				sorted = false // a late or merged window: received out of seq order
+			}
+			idx = append(idx, i)
 		}
 	}
-	sort.SliceStable(hs, func(i, j int) bool { return hs[i].at.Before(hs[j].at) })
-	var out []telemetry.InferenceWindow
-	for _, h := range hs {
-		out = append(out, h.w)
+	if len(idx) == 0 {
+		return nil
+	}
+	if !sorted {
+		sort.SliceStable(idx, func(i, j int) bool { return d.ws[idx[i]].at.Before(d.ws[idx[j]].at) })
+	}
+	out := make([]telemetry.InferenceWindow, len(idx))
+	for i, k := range idx {
+		out[i] = d.ws[k].w
 	}
 	return out
 }
