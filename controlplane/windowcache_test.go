@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -317,5 +318,51 @@ func BenchmarkCohortMetrics(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The cache keeps only what recent askers reach back to and forgets idle devices, and reads stay
+// equal to the uncached path through both.
+func TestWindowCacheBounds(t *testing.T) {
+	r := newGateRig(t)
+	t0 := time.Now().Add(-2 * time.Hour).Truncate(time.Minute)
+	r.windows("a", "old", t0, 60, 100)
+	r.windows("b", "old", t0, 10, 100)
+	r.flush()
+	clock := time.Now()
+	wc := r.cached.wins
+	wc.now = func() time.Time { return clock }
+	steps := []struct {
+		name      string
+		advance   time.Duration
+		device    string
+		since     time.Duration // after t0
+		wantHeld  int64
+		wantAlive []string
+	}{
+		{"first read holds the device's windows since", 0, "a", 0, 60, []string{"a"}},
+		{"a later since keeps what the earlier asker reaches", time.Minute, "a", 30 * time.Minute, 60, []string{"a"}},
+		{"the earlier asker gone quiet: older windows dropped", 10 * time.Minute, "a", 30 * time.Minute, 30, []string{"a"}},
+		{"an older since again reads them back", time.Minute, "a", 10 * time.Minute, 50, []string{"a"}},
+		{"another device", 0, "b", 0, 60, []string{"a", "b"}},
+		{"a idle past the limit is evicted", 11 * time.Minute, "b", 0, 10, []string{"b"}},
+	}
+	for _, s := range steps {
+		clock = clock.Add(s.advance)
+		since := t0.Add(s.since)
+		got, want := r.cached.windows(r.ctx, s.device, "m", since), r.plain.windows(r.ctx, s.device, "m", since)
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: cached %s, uncached %s", s.name, brief(got), brief(want))
+		}
+		wc.mu.Lock()
+		var alive []string
+		for id := range wc.devs {
+			alive = append(alive, id)
+		}
+		wc.mu.Unlock()
+		slices.Sort(alive)
+		if held := wc.total.Load(); held != s.wantHeld || !slices.Equal(alive, s.wantAlive) {
+			t.Errorf("%s: %d windows held of %v, want %d of %v", s.name, held, alive, s.wantHeld, s.wantAlive)
+		}
 	}
 }
