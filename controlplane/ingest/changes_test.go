@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/edgefleet/edgefleet/controlplane/store"
+	"github.com/edgefleet/edgefleet/controlplane/store/pgstore"
+	"github.com/edgefleet/edgefleet/internal/pgtest"
 	"github.com/edgefleet/edgefleet/internal/wire"
 )
 
@@ -19,11 +21,31 @@ import (
 // appends, a gap filled below the newest seq, a merged window rewriting a finer one's key, other
 // kinds' messages, duplicates and dropped ranges.
 func TestQueryChangedKeepsACopyCurrent(t *testing.T) {
-	st, err := store.OpenBolt(filepath.Join(t.TempDir(), "cp.db"))
-	if err != nil {
-		t.Fatal(err)
+	backends := map[string]func(t *testing.T) store.Store{
+		"bbolt": func(t *testing.T) store.Store {
+			s, err := store.OpenBolt(filepath.Join(t.TempDir(), "cp.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
+		"memory": func(*testing.T) store.Store { return store.NewMemory() },
+		"postgres": func(t *testing.T) store.Store {
+			s, err := pgstore.Open(context.Background(), pgtest.Start(t, pgtest.Options{}).NewDatabase(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		},
 	}
-	defer st.Close()
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) { testQueryChanged(t, open(t)) })
+	}
+}
+
+func testQueryChanged(t *testing.T, st store.Store) {
 	in := New(st, func(context.Context, string, []byte, byte, bool) error { return nil }, wire.NewTopics(""), 0,
 		slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx := context.Background()
