@@ -2,7 +2,6 @@ package controlplane
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"sync"
@@ -30,6 +29,9 @@ type cohorts struct {
 	// release names a bundle's model version (kind/name@version), so that variants of one version
 	// count as the same bundle; nil compares ids.
 	release func(bundleID string) string
+
+	// wins keeps decoded windows between reconciles (nil: every read decodes from the store).
+	wins *windowCache
 
 	mu       sync.Mutex
 	refs     map[string]*drift.Reference // bundle id -> reference (nil: none)
@@ -64,20 +66,13 @@ func (c *cohorts) rel(id string) string {
 	return r
 }
 
-// windows returns a device's inference windows of a model since a time.
+// windows returns a device's inference windows of a model since a time, from the window cache
+// when there is one.
 func (c *cohorts) windows(ctx context.Context, device, model string, since time.Time) []telemetry.InferenceWindow {
-	msgs, err := c.ing.Query(ctx, device, telemetry.KindInference, since, 0)
-	if err != nil {
-		return nil
+	if c.wins != nil {
+		return c.wins.windows(ctx, device, model, since)
 	}
-	var out []telemetry.InferenceWindow
-	for _, m := range msgs {
-		var w telemetry.InferenceWindow
-		if json.Unmarshal(m.Body, &w) == nil && w.Model == model && !w.End.Before(since) {
-			out = append(out, w)
-		}
-	}
-	return out
+	return uncachedWindows(ctx, c.ing, device, model, since)
 }
 
 func (c *cohorts) reference(bundleID string) *drift.Reference {
@@ -117,7 +112,7 @@ type agg struct {
 	devices  int
 	requests int64
 	errors   int64
-	lat      hist.Snapshot
+	lat      hist.Sum // summed in place: Merge would allocate a snapshot per window
 	drifts   []drift.Summary
 	bundle   string
 	correct  int64
@@ -129,10 +124,10 @@ func (a *agg) add(w telemetry.InferenceWindow) {
 	a.errors += int64(w.Errors)
 	a.correct += int64(w.Correct)
 	a.labeled += int64(w.Labeled)
-	if a.lat.Count == 0 {
-		a.lat = w.Latency
-	} else if m, err := a.lat.Merge(w.Latency); err == nil {
-		a.lat = m
+	if a.lat.Count() == 0 {
+		a.lat.Set(w.Latency)
+	} else {
+		_ = a.lat.Add(w.Latency) // a window of another histogram layout is left out, as Merge would
 	}
 	if w.Drift != nil {
 		a.drifts = append(a.drifts, *w.Drift)
@@ -141,8 +136,9 @@ func (a *agg) add(w telemetry.InferenceWindow) {
 }
 
 func (a *agg) window() deploy.Window {
-	return deploy.Window{Requests: a.requests, Errors: a.errors, LatenciesMS: latencySamples(a.lat),
-		P95MS: float64(a.lat.Quantile(0.95)) / float64(time.Millisecond)}
+	lat := a.lat.Snapshot()
+	return deploy.Window{Requests: a.requests, Errors: a.errors, LatenciesMS: latencySamples(lat),
+		P95MS: float64(lat.Quantile(0.95)) / float64(time.Millisecond)}
 }
 
 // scores compares the cohort's merged feature distributions with the bundle's reference:

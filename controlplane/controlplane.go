@@ -265,6 +265,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// Rollouts: the controller that drives deploy/ (controlplane/rollout); its model-aware gates
 	// read the devices' committed inference windows.
 	metrics := &cohorts{ing: ing, reg: reg, bundleDir: filepath.Join(cfg.DataDir, "bundles"), refs: map[string]*drift.Reference{},
+		wins: newWindowCache(ing),
 		release: func(id string) string {
 			rec, err := breg.Get(svcCtx, id)
 			if err != nil {

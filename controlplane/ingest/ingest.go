@@ -75,6 +75,9 @@ func New(st store.Store, publish Publisher, topics wire.Topics, retention time.D
 		maxBatch: 512, kick: make(chan struct{}, 1), seqs: map[string]*deviceSeq{}}
 }
 
+// Retention is how long messages are kept: Prune deletes older ones.
+func (in *Ingest) Retention() time.Duration { return in.retention }
+
 // SharedStore tells the pipeline that other control planes write the same telemetry store (the
 // PostgreSQL telemetry store of a replica set): a device's shard may have moved away and back
 // since this process last saw it, so its accounting is read from the store in every batch (one
@@ -319,6 +322,11 @@ func (d *deviceSeq) add(m wire.Telemetry) bool {
 	d.compact()
 	fresh := uint64(0)
 	for _, r := range ranges {
+		if r[1] > m.Seq {
+			// A message stands for its own seq and older ones (a merged window carries the newest
+			// it merged); QueryChanged relies on it to find what was rewritten.
+			continue
+		}
 		past := r[0] > d.Contiguous+1
 		n := d.mark(r)
 		if n > 0 && past {
@@ -357,6 +365,9 @@ func (d *deviceSeq) mark(r [2]uint64) uint64 {
 	return n
 }
 
+// maxAbove bounds the seqs a device's accounting holds past a gap.
+const maxAbove = 100000
+
 // compact advances the contiguous mark over what is now complete.
 func (d *deviceSeq) compact() {
 	sort.Slice(d.Above, func(i, j int) bool { return d.Above[i] < d.Above[j] })
@@ -368,9 +379,9 @@ func (d *deviceSeq) compact() {
 		k++
 	}
 	d.Above = d.Above[k:]
-	if len(d.Above) > 100000 {
+	if len(d.Above) > maxAbove {
 		// A device that skipped far ahead: do not let its accounting grow without bound.
-		d.Above = d.Above[len(d.Above)-100000:]
+		d.Above = d.Above[len(d.Above)-maxAbove:]
 	}
 }
 
@@ -419,6 +430,99 @@ func (in *Ingest) Query(ctx context.Context, device, kind string, since time.Tim
 		out = out[len(out)-limit:]
 	}
 	return out, err
+}
+
+// Mark is what a device had committed when a QueryChanged read its messages: its accounting of
+// sequence numbers. The zero Mark is "nothing read yet".
+type Mark struct {
+	read       bool
+	contiguous uint64
+	above      []uint64
+}
+
+// Changes is what QueryChanged found.
+type Changes struct {
+	// Mark is the device's accounting read in the same transaction as Msgs; pass it to the next
+	// QueryChanged.
+	Mark Mark
+	// Changed is false when nothing was committed since the old mark: the caller's copy is current
+	// and Msgs is empty.
+	Changed bool
+	// From: Msgs holds every stored message of the kind whose sequence number is From or more
+	// (oldest sequence first); they replace what the caller held from From on. Messages below From
+	// are as they were at the old mark. From is 0 when everything was read.
+	From uint64
+	Msgs []wire.Telemetry
+}
+
+// QueryChanged returns a device's stored messages of a kind that may have been written since old
+// was taken. Every commit that writes a message marks at least one sequence number not marked
+// before, no higher than the message's own (the key it is stored under: a spool's merged window
+// carries the newest sequence number of what it merged and replaces, under that key, a finer window
+// committed before). So every write since old is at or above the lowest sequence number marked
+// since, and only those keys are read, from a seek: a reader that keeps the decoded history reads
+// what is new, not the retention period. The accounting and messages come from one transaction.
+func (in *Ingest) QueryChanged(ctx context.Context, device, kind string, old Mark) (Changes, error) {
+	var ch Changes
+	err := in.st.View(ctx, func(tx store.Tx) error {
+		ch = Changes{}
+		var ds deviceSeq
+		if err := store.GetJSON(tx, bucketSeq, device, &ds); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		ch.Mark = Mark{read: true, contiguous: ds.Contiguous, above: ds.Above}
+		from, changed := ch.Mark.firstNew(old)
+		if !changed {
+			return nil
+		}
+		ch.Changed, ch.From = true, from
+		prefix := device + "/" + kind + "/"
+		return store.ForEachFrom(tx, bucketData, prefix, dataKey(device, kind, from), func(_ string, v []byte) error {
+			var m wire.Telemetry
+			if json.Unmarshal(v, &m) == nil {
+				ch.Msgs = append(ch.Msgs, m)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return Changes{}, fmt.Errorf("read telemetry of %s: %w", device, err)
+	}
+	return ch, nil
+}
+
+// firstNew returns the lowest sequence number m marks that old did not (0: read everything), and
+// false when m marks nothing new.
+func (m Mark) firstNew(old Mark) (uint64, bool) {
+	// Without an old mark, or past the cap on seqs held above a gap (compact forgets the oldest, so
+	// a seq could be marked twice), read everything.
+	if !old.read || len(old.above) >= maxAbove || len(m.above) >= maxAbove {
+		return 0, true
+	}
+	had := make(map[uint64]bool, len(old.above))
+	for _, s := range old.above {
+		had[s] = true
+	}
+	first, found := uint64(0), false
+	note := func(s uint64) {
+		if s > old.contiguous && !had[s] && (!found || s < first) {
+			first, found = s, true
+		}
+	}
+	// The contiguous run can only grow; the first seq it gained that old lacked is the lowest new one there.
+	for s := old.contiguous + 1; s <= m.contiguous; s++ {
+		if !had[s] {
+			note(s)
+			break
+		}
+	}
+	for _, s := range m.above {
+		note(s)
+	}
+	if m.contiguous < old.contiguous {
+		return 0, true // the accounting went back (a store restored from a backup): start over
+	}
+	return first, found
 }
 
 // pruneChunk bounds how many deletions one retention transaction carries: a week of history of a

@@ -81,13 +81,19 @@ func (t boltTx) Delete(bucket, key string) error {
 }
 
 func (t boltTx) ForEach(bucket, prefix string, fn func(string, []byte) error) error {
+	return t.ForEachFrom(bucket, prefix, prefix, fn)
+}
+
+// ForEachFrom seeks to start (or the prefix, whichever sorts later) instead of walking from the
+// prefix's first key.
+func (t boltTx) ForEachFrom(bucket, prefix, start string, fn func(string, []byte) error) error {
 	bk := t.tx.Bucket([]byte(bucket))
 	if bk == nil {
 		return nil
 	}
 	c := bk.Cursor()
 	p := []byte(prefix)
-	for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
+	for k, v := c.Seek([]byte(max(prefix, start))); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 		if err := fn(string(k), bytes.Clone(v)); err != nil {
 			if errors.Is(err, ErrStop) {
 				return nil

@@ -61,3 +61,25 @@ type MultiGetter interface {
 	// GetMany returns the values of the keys that exist; missing keys are absent from the map.
 	GetMany(bucket string, keys []string) (map[string][]byte, error)
 }
+
+// Seeker is implemented by transactions that can start a prefix walk at a key (a B-tree seek, an
+// indexed range query) instead of at the prefix's first key: reading what was appended to a long
+// sequence-keyed history then costs what was appended, not the history.
+type Seeker interface {
+	// ForEachFrom is ForEach over the keys with the prefix that sort at or after start.
+	ForEachFrom(bucket, prefix, start string, fn func(key string, value []byte) error) error
+}
+
+// ForEachFrom calls fn for every key with the prefix that sorts at or after start, in order: by a
+// seek where tx is a Seeker, by walking the prefix and skipping the earlier keys otherwise.
+func ForEachFrom(tx Tx, bucket, prefix, start string, fn func(key string, value []byte) error) error {
+	if s, ok := tx.(Seeker); ok {
+		return s.ForEachFrom(bucket, prefix, start, fn)
+	}
+	return tx.ForEach(bucket, prefix, func(k string, v []byte) error {
+		if k < start {
+			return nil
+		}
+		return fn(k, v)
+	})
+}

@@ -258,10 +258,17 @@ func (t *tx) set(bucket, key string, v []byte) {
 // ForEach walks the committed rows page by page and merges the transaction's own writes in, so
 // fn sees what a Get would.
 func (t *tx) ForEach(bucket, prefix string, fn func(string, []byte) error) error {
-	var own []string // this transaction's keys under the prefix, sorted
+	return t.ForEachFrom(bucket, prefix, prefix, fn)
+}
+
+// ForEachFrom is ForEach starting at start: the first page's query begins there (an index range
+// scan), so the rows before it are never read.
+func (t *tx) ForEachFrom(bucket, prefix, start string, fn func(string, []byte) error) error {
+	start = max(prefix, start)
+	var own []string // this transaction's keys under the prefix from start, sorted
 	ownVal := map[string][]byte{}
 	for k, v := range t.pending[bucket] {
-		if strings.HasPrefix(k, prefix) {
+		if strings.HasPrefix(k, prefix) && k >= start {
 			own = append(own, k)
 			ownVal[k] = v
 		}
@@ -273,7 +280,7 @@ func (t *tx) ForEach(bucket, prefix string, fn func(string, []byte) error) error
 		}
 		return fn(k, bytes.Clone(v))
 	}
-	lo, hi := []byte(prefix), prefixEnd(prefix)
+	lo, hi := []byte(start), prefixEnd(prefix)
 	after := false
 	for {
 		keys, vals, err := t.page(bucket, lo, after, hi)

@@ -148,6 +148,53 @@ func Run(t *testing.T, open Opener) {
 		}
 	})
 
+	t.Run("ForEachFromStartsAtKey", func(t *testing.T) {
+		s, _ := open(t)
+		for _, k := range []string{"dev/1", "dev/3", "dev/5", "dev/7", "dex/0", "de"} {
+			put(t, s, "b", k, "v-"+k)
+		}
+		cases := []struct{ start, want string }{
+			{"dev/3", "[dev/3 dev/5 dev/6]"},
+			{"dev/4", "[dev/5 dev/6]"},
+			{"", "[dev/1 dev/3 dev/5 dev/6]"},
+			{"dev/8", "[]"},
+			{"zzz", "[]"},
+		}
+		for _, c := range cases {
+			var keys []string
+			err := s.Update(ctx, func(tx store.Tx) error {
+				// The transaction's own writes count, as in ForEach.
+				if err := tx.Put("b", "dev/6", []byte("v-dev/6")); err != nil {
+					return err
+				}
+				if err := tx.Delete("b", "dev/7"); err != nil {
+					return err
+				}
+				return store.ForEachFrom(tx, "b", "dev/", c.start, func(k string, v []byte) error {
+					if string(v) != "v-"+k {
+						return fmt.Errorf("value of %s is %q", k, v)
+					}
+					keys = append(keys, k)
+					return nil
+				})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(keys) != c.want {
+				t.Errorf("from %q: keys %v, want %s", c.start, keys, c.want)
+			}
+			if err := s.Update(ctx, func(tx store.Tx) error {
+				if err := tx.Delete("b", "dev/6"); err != nil {
+					return err
+				}
+				return tx.Put("b", "dev/7", []byte("v-dev/7"))
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("ReturnedBytesAreCopies", func(t *testing.T) {
 		s, _ := open(t)
 		put(t, s, "b", "k", "abc")
