@@ -132,7 +132,18 @@ while :; do
   sleep 2
 done
 ms=$(( $(now_ms) - t0 )); c1=$(ticks $cp)
-[ "$state" = completed ] || api "rollouts/$id" | grep -o '"\(reason\|message\|outcome\|gate\)": *"[^"]*"' | sort | uniq -c | sed 's/^/    /' | tail -n 12
+if [ "$state" != completed ]; then # the decisions that ended it, whole (gates and their inputs)
+  api "rollouts/$id" > "$tmp/rollout.json"
+  python3 - "$tmp/rollout.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for d in r.get("decisions", [])[-4:]:
+    print("    decision: stage %s %s: %s" % (d.get("stage"), d.get("action"), d.get("reason")))
+    for g in (d.get("inputs") or {}).get("gates", []) or []:
+        if g.get("verdict") in ("fail", "wait"):
+            print("      gate %s %s: %s %s" % (g.get("gate"), g.get("verdict"), g.get("reason"), json.dumps(g.get("inputs"))[:400]))
+PY
+fi
 echo "- rollout wake@1.1.0 (stages 1 device, 5%, 25%, 100%; bakes $bake): $state in $(( ms / 1000 )) s"
 echo "- control plane during the rollout: CPU $(pct $c0 $c1 $ms)% of one core on average, peak RSS $(( peak/1024 )) MiB; simulators RSS $(( $(simrss)/1024 )) MiB"
 echo "- load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

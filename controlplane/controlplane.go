@@ -286,7 +286,8 @@ func Run(ctx context.Context, cfg Config) error {
 		go func() { defer wg.Done(); mon.Run(svcCtx, cmp.Or(cfg.Retrain.CheckEvery, 5*time.Minute)) }()
 		retrainAPI, retrainNotifier = n, n
 	}
-	rollouts, err := rollout.New(rollout.Config{Store: st, Fleet: rolloutFleet{ds}, Metrics: metrics, Logger: log})
+	rollouts, err := rollout.New(rollout.Config{Store: st, Fleet: rolloutFleet{ds}, Metrics: metrics, Logger: log,
+		BundleBytesPerSecond: blocks.BytesPerSecond()})
 	if err != nil {
 		return err
 	}

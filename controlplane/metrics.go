@@ -44,7 +44,9 @@ func metricsHandler(reg *fleet.Registry, blocks *blocksrv.Server, ing *ingest.In
 	counter("edgefleet_bundle_bytes_sent_total", "Bundle payload bytes sent to devices on their own topic.", func() float64 { return float64(blocks.Stats().Bytes) })
 	counter("edgefleet_bundle_carousel_bytes_total", "Bundle payload bytes broadcast on carousels.", func() float64 { return float64(blocks.Stats().CarouselBytes) })
 	counter("edgefleet_bundle_requests_refused_total", "Block requests refused (malformed or not allowed).", func() float64 { return float64(blocks.Stats().Refused) })
-	counter("edgefleet_bundle_requests_dropped_total", "Block requests dropped because the queue was full.", func() float64 { return float64(blocks.Stats().Dropped) })
+	counter("edgefleet_bundle_requests_dropped_total", "Block requests dropped because too many devices were already waiting for blocks.", func() float64 { return float64(blocks.Stats().Dropped) })
+	r.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgefleet_bundle_devices_waiting",
+		Help: "Devices with block requests waiting for their turn (each gets one block per turn)."}, func() float64 { return float64(blocks.Pending()) }))
 	counter("edgefleet_fleet_messages_total", "Fleet messages accepted.", func() float64 { a, _ := reg.Stats(); return float64(a) })
 	counter("edgefleet_fleet_messages_malformed_total", "Fleet messages refused as malformed.", func() float64 { _, m := reg.Stats(); return float64(m) })
 	if ing != nil {

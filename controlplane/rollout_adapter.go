@@ -33,7 +33,7 @@ func (f rolloutFleet) Bundle(ctx context.Context, ref string) (rollout.Bundle, e
 	if err != nil {
 		return rollout.Bundle{}, err
 	}
-	return rollout.Bundle{ID: rec.ID, Name: rec.Name, Version: rec.Version, Stage: rec.Stage}, nil
+	return rollout.Bundle{ID: rec.ID, Name: rec.Name, Version: rec.Version, Stage: rec.Stage, Size: rec.Size}, nil
 }
 
 // Incompatible says why a device can run no variant of the bundle's model version.

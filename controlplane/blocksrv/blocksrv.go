@@ -38,8 +38,10 @@ type Config struct {
 	// BytesPerSecond bounds all bundle traffic together (0: 8 MiB/s).
 	BytesPerSecond int
 	Workers        int
-	QueueDepth     int
-	Logger         *slog.Logger
+	// MaxPending bounds the devices with a request waiting (0: 100,000); past it a request is
+	// dropped and the device asks again.
+	MaxPending int
+	Logger     *slog.Logger
 }
 
 // Stats count what was sent.
@@ -47,23 +49,32 @@ type Stats struct {
 	Requests, Refused, Dropped, Frames, Bytes, CarouselFrames, CarouselBytes int64
 }
 
-// Server serves blocks.
+// Server serves blocks. Devices take turns: each turn sends one block (or a bundle's manifest
+// and signature) to the device at the head of the line, which goes to the back if it wants more.
+// With N devices downloading at once each gets 1/N of the bandwidth and a block every N turns, so
+// none goes a whole stall timeout without one while N x block size stays under bandwidth x
+// --stall-timeout (7,680 devices at 8 MiB/s, 64 KiB blocks and 60 s). A first-come queue instead
+// sends whole bundles in arrival order and drops what overflows: at 2,500 devices at once some
+// waited past the timeout and stalled.
 type Server struct {
 	cfg     Config
 	limiter *rate.Limiter
-	queue   chan job
 	wg      sync.WaitGroup
 
 	requests, refused, dropped, frames, bytes, cFrames, cBytes atomic.Int64
 
 	mu        sync.Mutex
+	pending   map[string]*pendingReq // device -> what it still asks for
+	turns     []string               // devices in line, each at most once
+	wake      chan struct{}
 	perDevice map[string]int64 // frames sent per device, for tests and diagnostics
 	carousels map[string]bool
 }
 
-type job struct {
-	device string
-	req    transfer.Request
+// pendingReq is a device's latest request and how far its turns have got through it.
+type pendingReq struct {
+	req  transfer.Request
+	next int // index into req.Blocks of the next block to send
 }
 
 // New returns a server; call Run to start its workers.
@@ -74,32 +85,38 @@ func New(cfg Config) *Server {
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
 	}
-	if cfg.QueueDepth <= 0 {
-		cfg.QueueDepth = 1024
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = 100_000
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	// Small bursts keep the limit true over short windows; a frame larger than the burst (blocks
+	// The burst must cover one frame (a block plus its header), or WaitN could never succeed
+	// for a full block; it is at least an eighth of a second of the rate so that small frames
+	// do not serialize on the limiter. A frame larger than the burst (the manifest of a bundle
 	// can be up to 1 MiB) is charged as one whole burst.
 	burst := max(cfg.BytesPerSecond/8, 66<<10)
-	return &Server{cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.BytesPerSecond), burst), queue: make(chan job, cfg.QueueDepth),
+	return &Server{cfg: cfg, limiter: rate.NewLimiter(rate.Limit(cfg.BytesPerSecond), burst),
+		pending: map[string]*pendingReq{}, wake: make(chan struct{}, 1),
 		perDevice: map[string]int64{}, carousels: map[string]bool{}}
 }
 
-// Run serves queued requests until ctx ends.
+// Run serves requests until ctx ends.
 func (s *Server) Run(ctx context.Context) {
 	for i := 0; i < s.cfg.Workers; i++ {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case j := <-s.queue:
-					s.serve(ctx, j)
+			for ctx.Err() == nil {
+				device, unit, ok := s.take()
+				if !ok {
+					select {
+					case <-ctx.Done():
+					case <-s.wake:
+					}
+					continue
 				}
+				s.serve(ctx, device, unit)
 			}
 		}()
 	}
@@ -107,7 +124,8 @@ func (s *Server) Run(ctx context.Context) {
 }
 
 // Handle takes a request from a device's blocks/req topic. It never blocks the caller (the
-// broker's goroutine): when the queue is full the request is dropped and the device asks again.
+// broker's goroutine). A new request from a device replaces what it asked before: a device asks
+// again for exactly what it still misses.
 func (s *Server) Handle(device string, payload []byte) {
 	s.requests.Add(1)
 	req, err := transfer.ParseRequest(payload)
@@ -121,36 +139,89 @@ func (s *Server) Handle(device string, payload []byte) {
 		s.cfg.Logger.Warn("refused block request: bundle not in the device's desired state", "device", device, "bundle", req.Bundle)
 		return
 	}
-	select {
-	case s.queue <- job{device, req}:
-	default:
+	s.mu.Lock()
+	if p, ok := s.pending[device]; ok {
+		p.req, p.next = req, 0 // keeps its place in line
+	} else if len(s.pending) >= s.cfg.MaxPending {
+		s.mu.Unlock()
 		s.dropped.Add(1)
+		return
+	} else {
+		s.pending[device] = &pendingReq{req: req}
+		s.turns = append(s.turns, device)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
-func (s *Server) serve(ctx context.Context, j job) {
-	topic := s.cfg.Topics.Blocks(j.device)
+// take gives the device at the head of the line one unit of work (a block index, or -1 for the
+// manifest and signature) and puts it back at the end if more remains.
+func (s *Server) take() (string, transfer.Request, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.turns) == 0 {
+		return "", transfer.Request{}, false
+	}
+	device := s.turns[0]
+	s.turns[0] = ""
+	s.turns = s.turns[1:]
+	p := s.pending[device]
+	unit := transfer.Request{Bundle: p.req.Bundle, File: p.req.File}
+	if p.req.File != transfer.HeadManifest && p.req.File != transfer.HeadSignature && p.next < len(p.req.Blocks) {
+		unit.Blocks = []int64{p.req.Blocks[p.next]}
+		p.next++
+	} else {
+		p.next = len(p.req.Blocks)
+	}
+	if p.next < len(p.req.Blocks) {
+		s.turns = append(s.turns, device)
+	} else {
+		delete(s.pending, device)
+	}
+	if len(s.turns) > 0 { // let another worker take the next turn
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return device, unit, true
+}
+
+// BytesPerSecond is the bandwidth all bundle traffic shares.
+func (s *Server) BytesPerSecond() int { return s.cfg.BytesPerSecond }
+
+// Pending returns how many devices wait for blocks.
+func (s *Server) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.pending)
+}
+
+func (s *Server) serve(ctx context.Context, device string, r transfer.Request) {
+	topic := s.cfg.Topics.Blocks(device)
 	send := func(f transfer.Frame) bool {
 		payload := f.Encode()
 		if err := s.limiter.WaitN(ctx, min(len(payload), s.limiter.Burst())); err != nil {
 			return false
 		}
 		if err := s.cfg.Publish(ctx, topic, payload, 0, false); err != nil {
-			s.cfg.Logger.Warn("send block failed", "device", j.device, "err", err)
+			s.cfg.Logger.Warn("send block failed", "device", device, "err", err)
 			return false
 		}
 		s.frames.Add(1)
 		s.bytes.Add(int64(len(f.Data)))
 		s.mu.Lock()
-		s.perDevice[j.device]++
+		s.perDevice[device]++
 		s.mu.Unlock()
 		return true
 	}
-	r := j.req
 	if r.File == transfer.HeadManifest || r.File == transfer.HeadSignature {
 		m, sig, err := s.cfg.Source.Head(r.Bundle)
 		if err != nil {
-			s.cfg.Logger.Warn("block request for unknown bundle", "device", j.device, "bundle", r.Bundle)
+			s.cfg.Logger.Warn("block request for unknown bundle", "device", device, "bundle", r.Bundle)
 			return
 		}
 		send(transfer.Frame{Bundle: r.Bundle, File: transfer.HeadManifest, Data: m})
@@ -161,7 +232,7 @@ func (s *Server) serve(ctx context.Context, j job) {
 		data, err := s.cfg.Source.ReadBlock(ctx, r.Bundle, r.File, i)
 		if err != nil {
 			s.refused.Add(1)
-			s.cfg.Logger.Warn("refused block", "device", j.device, "bundle", r.Bundle, "file", r.File, "index", i, "err", err)
+			s.cfg.Logger.Warn("refused block", "device", device, "bundle", r.Bundle, "file", r.File, "index", i, "err", err)
 			return
 		}
 		if !send(transfer.Frame{Bundle: r.Bundle, File: r.File, Index: i, Data: data}) {

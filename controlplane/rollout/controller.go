@@ -60,6 +60,8 @@ type Bundle struct {
 	Version string
 	// Stage is the registry stage: staging, production or archived.
 	Stage string
+	// Size is the bytes a device downloads for it (0: unknown).
+	Size int64
 }
 
 // Ref is name@version.
@@ -140,9 +142,29 @@ type Config struct {
 	// shut down and its broker dropped every connection, and devices need a moment to reconnect.
 	// Without it a restart would trip the offline gate and pause every running rollout.
 	Settle time.Duration
-	Logger *slog.Logger
+	// BundleBytesPerSecond is the control plane's bundle bandwidth (--bundle-bandwidth). A
+	// rollout without rate.max_in_flight gets as many devices in flight as that bandwidth
+	// feeds in DownloadWindow; 0 leaves it unbounded.
+	BundleBytesPerSecond int
+	Logger               *slog.Logger
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+}
+
+// DownloadWindow is how long the default max_in_flight lets one round of downloads take: well
+// inside the agent's 60 s stall timeout, so a wave never starves its own devices of blocks.
+const DownloadWindow = 30 * time.Second
+
+// minDefaultInFlight keeps the default from throttling rollouts of huge bundles to a trickle.
+const minDefaultInFlight = 20
+
+// defaultMaxInFlight is the max_in_flight a rollout of a bundle of size bytes gets when its spec
+// sets none.
+func defaultMaxInFlight(bytesPerSecond int, size int64) int {
+	if bytesPerSecond <= 0 || size <= 0 {
+		return 0
+	}
+	return max(minDefaultInFlight, int(int64(bytesPerSecond)*int64(DownloadWindow/time.Second)/size))
 }
 
 // Controller runs rollouts. Every mutation of a rollout (Step, operator verbs, creation) holds mu,

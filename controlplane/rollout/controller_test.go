@@ -422,3 +422,40 @@ func TestInstallState(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultMaxInFlight: a rollout that names no max_in_flight gets as many devices in flight as
+// the bundle bandwidth feeds in DownloadWindow, recorded in its spec; one that names it keeps it.
+func TestDefaultMaxInFlight(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		bandwidth   int
+		size        int64
+		set, wantIn int
+	}{
+		{"464 KB bundle at 8 MiB/s", 8 << 20, 464_000, 0, 542},
+		{"50 MB bundle: the floor", 8 << 20, 50_000_000, 0, minDefaultInFlight},
+		{"size unknown: unbounded", 8 << 20, 0, 0, 0},
+		{"the spec's own value wins", 8 << 20, 464_000, 5000, 5000},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFakeFleet(4)
+			b := f.bundles["id-2.0.0"]
+			b.Size = c.size
+			f.bundles["id-2.0.0"] = b
+			ck := &clock{time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)}
+			ctl, err := New(Config{Store: store.NewMemory(), Fleet: f, Now: ck.now, BundleBytesPerSecond: c.bandwidth})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := spec("wake@2.0.0", st(1, 0, time.Second), st(0, 100, time.Second))
+			s.Rate.MaxInFlight = c.set
+			v, err := ctl.Create(t.Context(), s, "op")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := v.Spec.Rate.MaxInFlight; got != c.wantIn {
+				t.Fatalf("max_in_flight %d, want %d", got, c.wantIn)
+			}
+		})
+	}
+}

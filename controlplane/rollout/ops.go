@@ -77,6 +77,11 @@ func (c *Controller) Create(ctx context.Context, spec deploy.Spec, by string) (V
 	}
 	// Desired states and reports name bundles by id: the rollout does too.
 	spec.Bundle, spec.Model = b.ID, b.Name
+	// Without a limit a 2,500-device stage asks for its bundle all at once and shares the
+	// bundle bandwidth 2,500 ways; the spec records the default so the operator sees it.
+	if spec.Rate.MaxInFlight == 0 {
+		spec.Rate.MaxInFlight = defaultMaxInFlight(c.cfg.BundleBytesPerSecond, b.Size)
+	}
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
