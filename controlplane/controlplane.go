@@ -424,6 +424,8 @@ func Run(ctx context.Context, cfg Config) error {
 			go func() { defer lwg.Done(); rollouts.Run(ctx) }()
 			refresh := time.NewTicker(time.Hour)
 			defer refresh.Stop()
+			stale := time.NewTicker(30 * time.Second)
+			defer stale.Stop()
 			for {
 				select {
 				case <-ctx.Done():
@@ -433,6 +435,8 @@ func Run(ctx context.Context, cfg Config) error {
 					ds.onReported(ctx, dev)
 				case <-refresh.C:
 					assigner.RefreshExpiring(ctx)
+				case <-stale.C:
+					ds.resendStale(ctx)
 				}
 			}
 		})

@@ -351,6 +351,22 @@ func (s *desiredService) rewrapKeys(ctx context.Context, d fleet.Device) {
 	}
 }
 
+// resendStale re-sends desired states that online devices have not picked up within a minute.
+func (s *desiredService) resendStale(ctx context.Context) {
+	online := true
+	gens := map[string]uint64{}
+	for _, d := range s.reg.List(fleet.Filter{Online: &online}) {
+		gens[d.ID] = reportedGen(d)
+	}
+	n, err := s.assigner.ResendStale(ctx, gens, time.Minute)
+	if err != nil {
+		s.log.Warn("re-sending desired states devices have not picked up failed; next try in 30 s", "err", err)
+	}
+	if n > 0 {
+		s.log.Info("re-sent desired states online devices had not picked up", "devices", n)
+	}
+}
+
 // onReported keeps a device converged: republish when it reports an older generation, and give a
 // device its group's baseline for models it has nothing desired for (it joined the group later).
 func (s *desiredService) onReported(ctx context.Context, device string) {

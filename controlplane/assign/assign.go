@@ -118,6 +118,40 @@ func (a *Assigner) OnReported(ctx context.Context, device string, reportedGen ui
 	}
 }
 
+// ResendStale re-publishes the desired state of every online device that still reports an older
+// generation than the one stored, issued at least minAge ago. OnReported does this when a report
+// comes, but a device that missed its retained desired state (a clustered broker losing a node
+// can fail to store it and still acknowledge) has nothing new to report, and would wait forever.
+// It returns how many it re-sent.
+func (a *Assigner) ResendStale(ctx context.Context, online map[string]uint64, minAge time.Duration) (int, error) {
+	var stale []Record
+	cutoff := a.now().Add(-minAge)
+	err := a.st.View(ctx, func(tx store.Tx) error {
+		return tx.ForEach(bucket, "", func(k string, v []byte) error {
+			gen, ok := online[k]
+			if !ok {
+				return nil
+			}
+			var r Record
+			if json.Unmarshal(v, &r) == nil && gen < r.State.Generation && r.State.IssuedAt.Before(cutoff) {
+				stale = append(stale, r)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read desired states: %w", err)
+	}
+	n := 0
+	for _, r := range stale {
+		if err := a.publish(ctx, a.topics.Desired(r.State.Device), r.Envelope, 1, true); err != nil {
+			return n, fmt.Errorf("re-send desired state of %s: %w", r.State.Device, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
 // RepublishAll sends every stored desired state again (at start: an embedded broker forgot them).
 func (a *Assigner) RepublishAll(ctx context.Context) error {
 	var recs []Record
