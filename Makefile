@@ -46,7 +46,8 @@ bench: deps build models
 	bench/fleet.sh 1000
 	bench/scale.sh 10000 embedded
 	bench/scale.sh 10000 mosquitto
-	EDGEFLEET_FAILOVER_DEVICES=1000 EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -count=1 -timeout 60m -run TestFailover -v ./controlplane/
+	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -tags bench -count=1 -run TestFailover -timeout 20m -v ./controlplane/
+	EDGEFLEET_FAILOVER_DEVICES=1000 EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) test -tags bench -count=1 -timeout 60m -run TestFailover -v ./controlplane/
 	EDGEFLEET_ORT_LIB=$$(scripts/fetch-ort.sh) $(GO) run ./bench/infer -models "$$(scripts/fetch-models.sh)" -d 2s
 
 clean:
